@@ -1,0 +1,43 @@
+// Command p2pctl is the operator's command line for the P2P image backend. Today it indexes
+// layers and runs the demo of the block pipeline; prefetch, get, status and tree come with
+// the P2P network and the scheduler.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/containerd/log"
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	if err := newRootCommand().ExecuteContext(context.Background()); err != nil {
+		fmt.Fprintln(os.Stderr, "p2pctl:", err)
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	var logLevel string
+	root := &cobra.Command{
+		Use:           "p2pctl",
+		Short:         "Operate the P2P lazy-pulling image backend for containerd",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if err := log.SetLevel(logLevel); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			return nil
+		},
+	}
+	root.PersistentFlags().StringVar(&logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
+	root.AddCommand(newIndexCommand(), newDemoCommand())
+	return root
+}
