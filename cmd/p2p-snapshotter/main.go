@@ -1,24 +1,99 @@
-// Command p2p-snapshotter is the node daemon: a containerd proxy snapshotter that mounts layers
-// lazily. Its snapshots service is being built (see docs/architecture.md); until it lands this
-// binary only reports its version and refuses to start.
+// Command p2p-snapshotter is the node daemon: a containerd proxy snapshotter named "p2p".
+// containerd reaches it through
+//
+//	[proxy_plugins.p2p]
+//	  type = "snapshot"
+//	  address = "/run/p2p-snapshotter/p2p-snapshotter.sock"
+//
+// Today it serves overlayfs snapshots; lazily mounted layers are being added.
 package main
 
 import (
-	"flag"
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/containerd/log"
+	"github.com/spf13/cobra"
+
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
 func main() {
-	showVersion := flag.Bool("version", false, "print the version and exit")
-	flag.Parse()
-	if *showVersion {
-		fmt.Println("p2p-snapshotter", version)
-		return
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := newCommand().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "p2p-snapshotter:", err)
+		os.Exit(1)
 	}
-	fmt.Fprintln(os.Stderr, "p2p-snapshotter: the snapshots service is not implemented in this version")
-	os.Exit(2)
+}
+
+func newCommand() *cobra.Command {
+	var (
+		configPath string
+		flags      = snapshotter.DefaultConfig()
+	)
+	cmd := &cobra.Command{
+		Use:           "p2p-snapshotter",
+		Short:         "containerd proxy snapshotter with lazily pulled, peer-to-peer layers",
+		Args:          cobra.NoArgs,
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := snapshotter.DefaultConfig()
+			if configPath != "" {
+				var err error
+				if cfg, err = snapshotter.LoadConfig(configPath); err != nil {
+					return err
+				}
+			}
+			// Flags given on the command line override the file.
+			set := cmd.Flags().Changed
+			if set("root") {
+				cfg.Root = flags.Root
+			}
+			if set("address") {
+				cfg.Address = flags.Address
+			}
+			if set("log-level") {
+				cfg.LogLevel = flags.LogLevel
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			return run(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&configPath, "config", "", "TOML configuration file")
+	f.StringVar(&flags.Root, "root", snapshotter.DefaultRoot, "directory for snapshots and metadata")
+	f.StringVar(&flags.Address, "address", snapshotter.DefaultAddress, "unix socket containerd connects to")
+	f.StringVar(&flags.LogLevel, "log-level", snapshotter.DefaultLogLevel, "log level: trace, debug, info, warn, error")
+	return cmd
+}
+
+func run(ctx context.Context, cfg snapshotter.Config) error {
+	if err := log.SetLevel(cfg.LogLevel); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
+		return fmt.Errorf("create root: %w", err)
+	}
+	sn, err := snapshotter.New(ctx, cfg.Root)
+	if err != nil {
+		return err
+	}
+	defer sn.Close()
+	ln, err := snapshotter.ListenUnix(cfg.Address)
+	if err != nil {
+		return err
+	}
+	log.G(ctx).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("p2p-snapshotter starting")
+	return snapshotter.Serve(ctx, sn, ln)
 }
