@@ -12,9 +12,9 @@ import (
 
 // Defaults of the daemon's configuration.
 const (
-	DefaultAddress       = "/run/p2p-snapshotter/p2p-snapshotter.sock"
-	DefaultRoot          = "/var/lib/p2p-snapshotter"
-	DefaultLogLevel      = "info"
+	DefaultAddress  = "/run/p2p-snapshotter/p2p-snapshotter.sock"
+	DefaultRoot     = "/var/lib/p2p-snapshotter"
+	DefaultLogLevel = "info"
 )
 
 // Config is the daemon's configuration, read from TOML. Flags override it.
