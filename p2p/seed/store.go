@@ -1,0 +1,136 @@
+package seed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/singleflight"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
+)
+
+// BlobOpener opens a blob of a repository; the reader must verify the blob's digest by EOF.
+// registry.Client satisfies it.
+type BlobOpener interface {
+	OpenBlob(ctx context.Context, host, repository string, desc ocispec.Descriptor) (io.ReadCloser, error)
+}
+
+// Source says where a layer comes from.
+type Source struct {
+	Host       string
+	Repository string
+	// Blob is the layer's descriptor in the manifest (compressed digest, size, media type).
+	Blob ocispec.Descriptor
+	// DiffID is the digest of the uncompressed stream, from the image config.
+	DiffID digest.Digest
+}
+
+// Store keeps the layers this node has seeded. It is safe for concurrent use; concurrent
+// requests for one layer cause one pass.
+type Store struct {
+	dir   string
+	cache *blockcache.Cache
+	blobs BlobOpener
+	group singleflight.Group
+
+	mu     sync.Mutex
+	layers map[layer.TaskID]*Layer
+}
+
+// New returns a store keeping its layers under dir, serving reads through cache and
+// fetching blobs with blobs.
+func New(dir string, cache *blockcache.Cache, blobs BlobOpener) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("seed store: %w", err)
+	}
+	return &Store{dir: dir, cache: cache, blobs: blobs, layers: make(map[layer.TaskID]*Layer)}, nil
+}
+
+// Layer returns the layer src names: open already, from disk, or seeded now from its
+// registry. A first call for a layer this node has never seen waits for the whole pass.
+func (s *Store) Layer(ctx context.Context, src Source) (*Layer, error) {
+	if err := src.DiffID.Validate(); err != nil {
+		return nil, fmt.Errorf("layer %s: diffID: %w", src.Blob.Digest, err)
+	}
+	task := layer.TaskIDFromDigest(src.DiffID)
+	v, err, _ := s.group.Do(string(task), func() (any, error) {
+		if l, err := s.Open(task); err == nil {
+			return l, nil
+		} else if !errors.Is(err, os.ErrNotExist) {
+			log.G(ctx).WithError(err).WithField("task", task).Warn("stored layer unusable; seeding it again")
+		}
+		return s.seed(ctx, src)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*Layer), nil
+}
+
+// Open returns a layer seeded before, from memory or disk. It returns an error wrapping
+// os.ErrNotExist when the store does not hold the layer.
+func (s *Store) Open(task layer.TaskID) (*Layer, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if l, ok := s.layers[task]; ok {
+		return l, nil
+	}
+	l, err := s.load(task)
+	if err != nil {
+		return nil, err
+	}
+	s.layers[task] = l
+	return l, nil
+}
+
+func (s *Store) layerDir(task layer.TaskID) string {
+	return filepath.Join(s.dir, task.Digest().Encoded())
+}
+
+func (s *Store) load(task layer.TaskID) (*Layer, error) {
+	dir := s.layerDir(task)
+	enc, err := os.ReadFile(filepath.Join(dir, "index"))
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", task, err)
+	}
+	x, err := layer.Unmarshal(enc)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", task, err)
+	}
+	if x.Task() != task {
+		return nil, fmt.Errorf("open layer %s: index is of %s", task, x.Task())
+	}
+	if x.Blocks.BlockSize != int64(s.cache.BlockSize()) {
+		return nil, fmt.Errorf("open layer %s: stored with %d-byte blocks, the cache uses %d", task, x.Blocks.BlockSize, s.cache.BlockSize())
+	}
+	f, err := os.Open(filepath.Join(dir, "stream"))
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", task, err)
+	}
+	if st, err := f.Stat(); err != nil || st.Size() != x.Blocks.Size {
+		f.Close()
+		return nil, fmt.Errorf("open layer %s: stream file is not the %d bytes the index says", task, x.Blocks.Size)
+	}
+	return &Layer{Index: x, cache: s.cache, file: f}, nil
+}
+
+// Close closes the store's files. Layers returned before must not be used after.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
+	for task, l := range s.layers {
+		errs = append(errs, l.file.Close())
+		delete(s.layers, task)
+	}
+	return errors.Join(errs...)
+}
