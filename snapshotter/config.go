@@ -6,8 +6,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
+	units "github.com/docker/go-units"
 	"github.com/pelletier/go-toml/v2"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
 )
 
 // Defaults of the daemon's configuration.
@@ -27,6 +31,38 @@ type Config struct {
 	Address string `toml:"address"`
 	// LogLevel is one of trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
+	// Cache configures the in-memory block cache.
+	Cache CacheConfig `toml:"cache"`
+	// Registry configures how the daemon reaches registries.
+	Registry RegistryConfig `toml:"registry"`
+	// Lazy configures lazily mounted layers.
+	Lazy LazyConfig `toml:"lazy"`
+}
+
+// CacheConfig configures the block cache.
+type CacheConfig struct {
+	// Size bounds the memory the cache holds, e.g. "1GiB".
+	Size ByteSize `toml:"size"`
+	// BlockSize is the size of a block, e.g. "1MiB". Every node of a cluster must use the same.
+	BlockSize ByteSize `toml:"block_size"`
+}
+
+// RegistryConfig configures the registry client.
+type RegistryConfig struct {
+	// HostsDir is a containerd certs.d directory of hosts.toml files (mirrors, TLS, plain HTTP).
+	HostsDir string `toml:"hosts_dir"`
+	// Insecure lists registries (host or host:port) reached over plain HTTP.
+	Insecure []string `toml:"insecure"`
+}
+
+// LazyConfig configures lazily mounted layers.
+type LazyConfig struct {
+	// Enable mounts layers lazily when their source is known; when false every layer is
+	// unpacked by containerd as with the overlayfs snapshotter.
+	Enable bool `toml:"enable"`
+	// Timeout bounds how long a Prepare waits for a layer this node has never seen (its one
+	// streaming pass) before it falls back to a normal snapshot.
+	Timeout Duration `toml:"timeout"`
 }
 
 // DefaultConfig returns the configuration used when no file or flag says otherwise.
@@ -36,6 +72,8 @@ func DefaultConfig() Config {
 		Root:     DefaultRoot,
 		Address:  DefaultAddress,
 		LogLevel: DefaultLogLevel,
+		Cache:    CacheConfig{Size: 1 << 30, BlockSize: layer.DefaultBlockSize},
+		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute)},
 	}
 }
 
@@ -75,6 +113,15 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.Address) {
 		errs = append(errs, fmt.Errorf("address = %q: must be an absolute socket path", c.Address))
 	}
+	if c.Cache.BlockSize < layer.MinBlockSize || c.Cache.BlockSize > layer.MaxBlockSize {
+		errs = append(errs, fmt.Errorf("cache.block_size = %s: want %s to %s", c.Cache.BlockSize, ByteSize(layer.MinBlockSize), ByteSize(layer.MaxBlockSize)))
+	}
+	if c.Cache.Size < c.Cache.BlockSize {
+		errs = append(errs, fmt.Errorf("cache.size = %s: smaller than one block (%s)", c.Cache.Size, c.Cache.BlockSize))
+	}
+	if c.Lazy.Timeout <= 0 {
+		errs = append(errs, fmt.Errorf("lazy.timeout = %s: must be positive", c.Lazy.Timeout))
+	}
 	switch c.LogLevel {
 	case "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic":
 	default:
@@ -82,3 +129,40 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// ByteSize is a size in bytes written in TOML as a string with a unit ("512MiB", "1GiB") or
+// as a number of bytes.
+type ByteSize int64
+
+// UnmarshalText parses "512MiB", "1GiB", "1048576" and the like.
+func (b *ByteSize) UnmarshalText(text []byte) error {
+	n, err := units.RAMInBytes(string(text))
+	if err != nil {
+		return fmt.Errorf("size %q: %w", text, err)
+	}
+	*b = ByteSize(n)
+	return nil
+}
+
+// MarshalText writes the size with a binary unit.
+func (b ByteSize) MarshalText() ([]byte, error) { return []byte(b.String()), nil }
+
+func (b ByteSize) String() string { return units.BytesSize(float64(b)) }
+
+// Duration is a time.Duration written in TOML as a string ("90s", "5m").
+type Duration time.Duration
+
+// UnmarshalText parses a Go duration string.
+func (d *Duration) UnmarshalText(text []byte) error {
+	v, err := time.ParseDuration(string(text))
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalText writes the duration as a Go duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+func (d Duration) String() string { return time.Duration(d).String() }

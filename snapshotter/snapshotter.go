@@ -2,23 +2,171 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"maps"
+	"sync"
+	"time"
 
+	"github.com/containerd/containerd/v2/core/mount"
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/plugins/snapshots/overlay"
+	"github.com/containerd/errdefs"
+	"github.com/containerd/log"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 )
 
-// Snapshotter is the "p2p" snapshotter. Today every snapshot is an overlayfs snapshot of
-// containerd's own overlay snapshotter; lazily mounted layers wrap it (see the package doc).
+// Labels the snapshotter reads and writes.
+const (
+	// LabelTargetRef names the committed snapshot an unpacker is preparing (a chain ID).
+	LabelTargetRef = "containerd.io/snapshot.ref"
+	// LabelRemote marks a snapshot whose layer is mounted lazily; its value is "p2p".
+	LabelRemote = "containerd.io/snapshot/remote"
+	// LabelDiffID records the diffID of a lazily mounted layer.
+	LabelDiffID = "containerd.io/snapshot/p2p.diffid"
+
+	upperdirLabel = "containerd.io/snapshot/overlay.upperdir"
+)
+
+// Snapshotter is the "p2p" snapshotter: containerd's overlayfs snapshotter, plus layers
+// mounted lazily from FUSE when their source is known (see the package doc).
 type Snapshotter struct {
-	snapshots.Snapshotter
+	snapshots.Snapshotter // overlay, with the upperdir label
+
+	layers   LayerSource // nil: lazy layers disabled
+	resolver LayerResolver
+	timeout  time.Duration
+
+	mu     sync.Mutex
+	mounts map[string]*layerfs.Mounted // by mount directory
 }
 
-// New opens (or creates) the snapshotter's state under root.
-func New(ctx context.Context, root string) (*Snapshotter, error) {
-	ov, err := overlay.NewSnapshotter(root, overlay.AsynchronousRemove)
+// LayerSource holds layers for this node: their index and a reader of their stream.
+// seed.Store satisfies it.
+type LayerSource interface {
+	// Layer returns the layer src names, fetching it if this node does not hold it.
+	Layer(ctx context.Context, src seed.Source) (*seed.Layer, error)
+	// Open returns a layer this node holds, or an error wrapping os.ErrNotExist.
+	Open(task layer.TaskID) (*seed.Layer, error)
+}
+
+// LayerResolver tells where the layer of a snapshot being prepared comes from, from the
+// target chain ID and the labels of the Prepare call. It returns an error wrapping
+// errdefs.ErrNotFound when it does not know.
+type LayerResolver interface {
+	ResolveLayer(ctx context.Context, chainID string, labels map[string]string) (seed.Source, error)
+}
+
+// Option configures a Snapshotter.
+type Option func(*Snapshotter)
+
+// WithLazyLayers enables lazily mounted layers: layers the resolver knows are mounted from
+// FUSE instead of being unpacked, waiting at most timeout for a layer's first pass.
+func WithLazyLayers(layers LayerSource, resolver LayerResolver, timeout time.Duration) Option {
+	return func(s *Snapshotter) {
+		s.layers, s.resolver, s.timeout = layers, resolver, timeout
+	}
+}
+
+// New opens (or creates) the snapshotter's state under root. Lazily mounted layers committed
+// before are mounted again.
+func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error) {
+	ov, err := overlay.NewSnapshotter(root, overlay.AsynchronousRemove, overlay.WithUpperdirLabel)
 	if err != nil {
 		return nil, fmt.Errorf("open overlay snapshots under %s: %w", root, err)
 	}
-	return &Snapshotter{Snapshotter: ov}, nil
+	s := &Snapshotter{Snapshotter: ov, mounts: make(map[string]*layerfs.Mounted)}
+	for _, o := range opts {
+		o(s)
+	}
+	if err := s.restoreMounts(ctx); err != nil {
+		ov.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Prepare creates an active snapshot, or, when the unpacker prepares a layer this node can
+// mount lazily, mounts it, commits it under its chain ID and returns ErrAlreadyExists: then
+// containerd never downloads that layer's blob. Any failure of the lazy path falls back to a
+// normal snapshot.
+func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...snapshots.Opt) ([]mount.Mount, error) {
+	var base snapshots.Info
+	for _, o := range opts {
+		if err := o(&base); err != nil {
+			return nil, err
+		}
+	}
+	if target, ok := base.Labels[LabelTargetRef]; ok && s.layers != nil {
+		err := s.prepareLazy(ctx, key, parent, target, base.Labels, opts)
+		if err == nil {
+			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
+		}
+		entry := log.G(ctx).WithFields(log.Fields{"key": key, "target": target})
+		if errdefs.IsNotFound(err) {
+			entry.WithError(err).Debug("layer source unknown; unpacking normally")
+		} else {
+			entry.WithError(err).Warn("lazy mount failed; unpacking normally")
+		}
+	}
+	return s.Snapshotter.Prepare(ctx, key, parent, opts...)
+}
+
+// Remove removes a snapshot, unmounting its lazily mounted layer first.
+func (s *Snapshotter) Remove(ctx context.Context, key string) error {
+	info, err := s.Snapshotter.Stat(ctx, key)
+	if err != nil {
+		return err
+	}
+	if info.Labels[LabelRemote] == "p2p" {
+		if err := s.unmount(info.Labels[upperdirLabel]); err != nil {
+			return fmt.Errorf("remove %s: %w", key, err)
+		}
+	}
+	return s.Snapshotter.Remove(ctx, key)
+}
+
+// Close unmounts every lazily mounted layer and closes the metadata store. Containers still
+// running on those layers lose them.
+func (s *Snapshotter) Close() error {
+	s.mu.Lock()
+	var errs []error
+	for dir, m := range s.mounts {
+		errs = append(errs, m.Unmount())
+		delete(s.mounts, dir)
+	}
+	s.mu.Unlock()
+	errs = append(errs, s.Snapshotter.Close())
+	return errors.Join(errs...)
+}
+
+// Stat returns the info of a snapshot. The overlay snapshotter's upperdir label, which this
+// package uses internally, is not shown.
+func (s *Snapshotter) Stat(ctx context.Context, key string) (snapshots.Info, error) {
+	info, err := s.Snapshotter.Stat(ctx, key)
+	return withoutUpperdir(info), err
+}
+
+// Update updates a snapshot's info, as Stat shows it.
+func (s *Snapshotter) Update(ctx context.Context, info snapshots.Info, fieldpaths ...string) (snapshots.Info, error) {
+	info, err := s.Snapshotter.Update(ctx, info, fieldpaths...)
+	return withoutUpperdir(info), err
+}
+
+// Walk calls fn for each snapshot matching filters, with its info as Stat shows it.
+func (s *Snapshotter) Walk(ctx context.Context, fn snapshots.WalkFunc, filters ...string) error {
+	return s.Snapshotter.Walk(ctx, func(ctx context.Context, info snapshots.Info) error {
+		return fn(ctx, withoutUpperdir(info))
+	}, filters...)
+}
+
+func withoutUpperdir(info snapshots.Info) snapshots.Info {
+	if _, ok := info.Labels[upperdirLabel]; ok {
+		info.Labels = maps.Clone(info.Labels)
+		delete(info.Labels, upperdirLabel)
+	}
+	return info
 }

@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	snapshotsapi "github.com/containerd/containerd/api/services/snapshots/v1"
 	"github.com/containerd/containerd/v2/core/snapshots"
@@ -98,8 +99,9 @@ func TestLoadConfig(t *testing.T) {
 				t.Errorf("got %+v, want the defaults", c)
 			}
 		}},
-		{"values", "root = \"/srv/p2p\"\nlog_level = \"debug\"\n", "", func(t *testing.T, c Config) {
-			if c.Root != "/srv/p2p" || c.LogLevel != "debug" {
+		{"values", "root = \"/srv/p2p\"\nlog_level = \"debug\"\n[cache]\nsize = \"256MiB\"\nblock_size = \"4MiB\"\n[registry]\ninsecure = [\"reg.local:5000\"]\n[lazy]\ntimeout = \"90s\"\n", "", func(t *testing.T, c Config) {
+			if c.Root != "/srv/p2p" || c.LogLevel != "debug" || c.Cache.Size != 256<<20 || c.Cache.BlockSize != 4<<20 ||
+				len(c.Registry.Insecure) != 1 || c.Lazy.Timeout != Duration(90*time.Second) || !c.Lazy.Enable {
 				t.Errorf("got %+v", c)
 			}
 			if c.Address != DefaultAddress {
@@ -111,6 +113,9 @@ func TestLoadConfig(t *testing.T) {
 		{"relative socket", "address = \"p2p.sock\"\n", "address", nil},
 		{"bad log level", "log_level = \"loud\"\n", "log_level", nil},
 		{"future version", "version = 2\n", "version", nil},
+		{"bad size", "[cache]\nsize = \"lots\"\n", "size", nil},
+		{"tiny block", "[cache]\nblock_size = \"1KiB\"\n", "block_size", nil},
+		{"bad duration", "[lazy]\ntimeout = \"soon\"\n", ":2:", nil},
 		{"syntax", "root = \n", "config", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,7 +5,8 @@
 //	  type = "snapshot"
 //	  address = "/run/p2p-snapshotter/p2p-snapshotter.sock"
 //
-// Today it serves overlayfs snapshots; lazily mounted layers are being added.
+// Layers whose source the Prepare labels name (containerd's CRI labels) are mounted lazily from
+// FUSE; every other snapshot is an ordinary overlayfs snapshot.
 package main
 
 import (
@@ -13,11 +14,16 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 )
 
@@ -64,6 +70,12 @@ func newCommand() *cobra.Command {
 			if set("log-level") {
 				cfg.LogLevel = flags.LogLevel
 			}
+			if set("insecure-registry") {
+				cfg.Registry.Insecure = append(cfg.Registry.Insecure, flags.Registry.Insecure...)
+			}
+			if set("hosts-dir") {
+				cfg.Registry.HostsDir = flags.Registry.HostsDir
+			}
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -75,6 +87,8 @@ func newCommand() *cobra.Command {
 	f.StringVar(&flags.Root, "root", snapshotter.DefaultRoot, "directory for snapshots and metadata")
 	f.StringVar(&flags.Address, "address", snapshotter.DefaultAddress, "unix socket containerd connects to")
 	f.StringVar(&flags.LogLevel, "log-level", snapshotter.DefaultLogLevel, "log level: trace, debug, info, warn, error")
+	f.StringArrayVar(&flags.Registry.Insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
+	f.StringVar(&flags.Registry.HostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
 	return cmd
 }
 
@@ -85,7 +99,26 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
 		return fmt.Errorf("create root: %w", err)
 	}
-	sn, err := snapshotter.New(ctx, cfg.Root)
+	var opts []snapshotter.Option
+	if cfg.Lazy.Enable {
+		cache, err := blockcache.New(int64(cfg.Cache.Size), blockcache.WithBlockSize(int(cfg.Cache.BlockSize)))
+		if err != nil {
+			return err
+		}
+		defer cache.Close()
+		regOpts := []registry.Option{registry.WithInsecureRegistries(cfg.Registry.Insecure...)}
+		if cfg.Registry.HostsDir != "" {
+			regOpts = append(regOpts, registry.WithHostsDir(cfg.Registry.HostsDir))
+		}
+		client := registry.New(regOpts...)
+		store, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client)
+		if err != nil {
+			return err
+		}
+		defer store.Close()
+		opts = append(opts, snapshotter.WithLazyLayers(store, snapshotter.NewLabelResolver(client), time.Duration(cfg.Lazy.Timeout)))
+	}
+	sn, err := snapshotter.New(ctx, filepath.Join(cfg.Root, "overlay"), opts...)
 	if err != nil {
 		return err
 	}
