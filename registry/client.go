@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 
@@ -127,4 +128,20 @@ func hasHostTLS(rt http.RoundTripper) bool {
 
 func hasTLSSettings(cfg *tls.Config) bool {
 	return cfg.RootCAs != nil || len(cfg.Certificates) > 0 || cfg.InsecureSkipVerify
+}
+
+// Upstream returns the base URL (ending in /v2) and the HTTP client of host's own server,
+// skipping its mirrors, as the hosts configuration says (scheme, TLS): how a registry mirror
+// reaches the registry it stands in for.
+func (c *Client) Upstream(ctx context.Context, host string) (*url.URL, *http.Client, error) {
+	hs, err := c.registryHosts(ctx, host)
+	if err != nil {
+		return nil, nil, err
+	}
+	server := hs[len(hs)-1] // ConfigureHosts lists mirrors first and the server last
+	client := server.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	return &url.URL{Scheme: server.Scheme, Host: server.Host, Path: server.Path}, client, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -16,9 +17,10 @@ import (
 
 // Defaults of the daemon's configuration.
 const (
-	DefaultAddress  = "/run/p2p-snapshotter/p2p-snapshotter.sock"
-	DefaultRoot     = "/var/lib/p2p-snapshotter"
-	DefaultLogLevel = "info"
+	DefaultAddress       = "/run/p2p-snapshotter/p2p-snapshotter.sock"
+	DefaultMirrorAddress = "127.0.0.1:65001"
+	DefaultRoot          = "/var/lib/p2p-snapshotter"
+	DefaultLogLevel      = "info"
 )
 
 // Config is the daemon's configuration, read from TOML. Flags override it.
@@ -31,12 +33,21 @@ type Config struct {
 	Address string `toml:"address"`
 	// LogLevel is one of trace, debug, info, warn, error.
 	LogLevel string `toml:"log_level"`
+	// Mirror configures the node's registry mirror.
+	Mirror MirrorConfig `toml:"mirror"`
 	// Cache configures the in-memory block cache.
 	Cache CacheConfig `toml:"cache"`
 	// Registry configures how the daemon reaches registries.
 	Registry RegistryConfig `toml:"registry"`
 	// Lazy configures lazily mounted layers.
 	Lazy LazyConfig `toml:"lazy"`
+}
+
+// MirrorConfig configures the registry mirror that containerd is pointed at with hosts.toml;
+// it learns which layer each snapshot holds when no labels say so.
+type MirrorConfig struct {
+	// Address is the host:port the mirror listens on; empty disables the mirror.
+	Address string `toml:"address"`
 }
 
 // CacheConfig configures the block cache.
@@ -72,6 +83,7 @@ func DefaultConfig() Config {
 		Root:     DefaultRoot,
 		Address:  DefaultAddress,
 		LogLevel: DefaultLogLevel,
+		Mirror:   MirrorConfig{Address: DefaultMirrorAddress},
 		Cache:    CacheConfig{Size: 1 << 30, BlockSize: layer.DefaultBlockSize},
 		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute)},
 	}
@@ -112,6 +124,11 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.Address) {
 		errs = append(errs, fmt.Errorf("address = %q: must be an absolute socket path", c.Address))
+	}
+	if c.Mirror.Address != "" {
+		if _, _, err := net.SplitHostPort(c.Mirror.Address); err != nil {
+			errs = append(errs, fmt.Errorf("mirror.address = %q: %w", c.Mirror.Address, err))
+		}
 	}
 	if c.Cache.BlockSize < layer.MinBlockSize || c.Cache.BlockSize > layer.MaxBlockSize {
 		errs = append(errs, fmt.Errorf("cache.block_size = %s: want %s to %s", c.Cache.BlockSize, ByteSize(layer.MinBlockSize), ByteSize(layer.MaxBlockSize)))

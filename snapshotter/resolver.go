@@ -2,6 +2,7 @@ package snapshotter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -97,4 +98,28 @@ func (r *LabelResolver) image(ctx context.Context, ref string, manifest digest.D
 	r.cache[byDigest.String()] = img
 	r.mu.Unlock()
 	return img, nil
+}
+
+// Resolvers asks each resolver in turn and returns the first answer: put the most direct
+// source of truth first (labels), then what was learned on the side (the registry mirror).
+type Resolvers []LayerResolver
+
+// ResolveLayer implements LayerResolver. The error wraps errdefs.ErrNotFound only if no
+// resolver failed for another reason.
+func (rs Resolvers) ResolveLayer(ctx context.Context, chainID string, labels map[string]string) (seed.Source, error) {
+	var errs []error
+	allNotFound := true
+	for _, r := range rs {
+		src, err := r.ResolveLayer(ctx, chainID, labels)
+		if err == nil {
+			return src, nil
+		}
+		errs = append(errs, err)
+		allNotFound = allNotFound && errdefs.IsNotFound(err)
+	}
+	err := errors.Join(errs...)
+	if allNotFound {
+		return seed.Source{}, fmt.Errorf("no source known for %s: %w", chainID, errdefs.ErrNotFound)
+	}
+	return seed.Source{}, err
 }

@@ -110,6 +110,7 @@ func TestLoadConfig(t *testing.T) {
 		}},
 		{"unknown key", "root = \"/x\"\nroots = \"/y\"\n", "roots", nil},
 		{"relative root", "root = \"rel\"\n", "absolute", nil},
+		{"bad mirror", "[mirror]\naddress = \"nohost\"\n", "mirror.address", nil},
 		{"relative socket", "address = \"p2p.sock\"\n", "address", nil},
 		{"bad log level", "log_level = \"loud\"\n", "log_level", nil},
 		{"future version", "version = 2\n", "version", nil},

@@ -12,6 +12,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,6 +27,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -73,6 +76,9 @@ func newCommand() *cobra.Command {
 			if set("insecure-registry") {
 				cfg.Registry.Insecure = append(cfg.Registry.Insecure, flags.Registry.Insecure...)
 			}
+			if set("mirror-address") {
+				cfg.Mirror.Address = flags.Mirror.Address
+			}
 			if set("hosts-dir") {
 				cfg.Registry.HostsDir = flags.Registry.HostsDir
 			}
@@ -87,6 +93,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&flags.Root, "root", snapshotter.DefaultRoot, "directory for snapshots and metadata")
 	f.StringVar(&flags.Address, "address", snapshotter.DefaultAddress, "unix socket containerd connects to")
 	f.StringVar(&flags.LogLevel, "log-level", snapshotter.DefaultLogLevel, "log level: trace, debug, info, warn, error")
+	f.StringVar(&flags.Mirror.Address, "mirror-address", snapshotter.DefaultMirrorAddress, "host:port of the registry mirror containerd's hosts.toml points at; empty disables it")
 	f.StringArrayVar(&flags.Registry.Insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
 	f.StringVar(&flags.Registry.HostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
 	return cmd
@@ -116,7 +123,21 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 			return err
 		}
 		defer store.Close()
-		opts = append(opts, snapshotter.WithLazyLayers(store, snapshotter.NewLabelResolver(client), time.Duration(cfg.Lazy.Timeout)))
+		resolvers := snapshotter.Resolvers{snapshotter.NewLabelResolver(client)}
+		if cfg.Mirror.Address != "" {
+			chains, err := mirror.OpenStore(filepath.Join(cfg.Root, "chains.db"))
+			if err != nil {
+				return err
+			}
+			defer chains.Close()
+			stopMirror, err := serveMirror(ctx, cfg.Mirror.Address, mirror.New(client, chains))
+			if err != nil {
+				return err
+			}
+			defer stopMirror()
+			resolvers = append(resolvers, chains)
+		}
+		opts = append(opts, snapshotter.WithLazyLayers(store, resolvers, time.Duration(cfg.Lazy.Timeout)))
 	}
 	sn, err := snapshotter.New(ctx, filepath.Join(cfg.Root, "overlay"), opts...)
 	if err != nil {
@@ -129,4 +150,16 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 	}
 	log.G(ctx).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("p2p-snapshotter starting")
 	return snapshotter.Serve(ctx, sn, ln)
+}
+
+// serveMirror serves the registry mirror on address until the returned stop is called.
+func serveMirror(ctx context.Context, address string, m *mirror.Mirror) (stop func(), err error) {
+	ln, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("registry mirror: %w", err)
+	}
+	srv := &http.Server{Handler: m, ReadHeaderTimeout: 30 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	go srv.Serve(ln)
+	log.G(ctx).WithField("address", address).Info("serving registry mirror")
+	return func() { srv.Close() }, nil
 }

@@ -1,0 +1,189 @@
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+	"github.com/p2pimage/p2p-snapshotter/registry"
+)
+
+// upstream is a real registry that requires HTTP basic credentials user:pass.
+func upstream(t *testing.T) string {
+	t.Helper()
+	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != "user" || p != "pass" {
+			w.Header().Set("WWW-Authenticate", `Basic realm="upstream"`)
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
+			return
+		}
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func pushImage(t *testing.T, ref string) {
+	t.Helper()
+	img := empty.Image
+	for i := range 3 {
+		raw, err := layertest.Tar(layertest.Generated(uint64(i), 20<<10, 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, _ := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(raw)), nil })
+		img, _ = mutate.AppendLayers(img, l)
+	}
+	cfg, _ := img.ConfigFile()
+	cfg = cfg.DeepCopy()
+	cfg.OS, cfg.Architecture = "linux", "amd64"
+	img, _ = mutate.ConfigFile(img, cfg)
+	r, _ := name.ParseReference(ref, name.Insecure)
+	if err := remote.Write(r, img, remote.WithAuth(&authn.Basic{Username: "user", Password: "pass"})); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestPullThroughMirrorLearnsLayers pulls an image the way containerd does — containerd's
+// hosts.toml mirror configuration and authorizer, through our registry client — and checks
+// that the credentials challenge passed through, and that the mirror recorded every chain ID.
+func TestPullThroughMirrorLearnsLayers(t *testing.T) {
+	up := upstream(t)
+	ref := up + "/team/app:v1"
+	pushImage(t, ref)
+
+	dir := t.TempDir()
+	store, err := OpenStore(filepath.Join(dir, "chains.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := New(registry.New(registry.WithInsecureRegistries(up)), store)
+	mirrorSrv := httptest.NewServer(m)
+	defer mirrorSrv.Close()
+
+	// containerd's view: hosts.toml sends pulls of the upstream to the mirror first.
+	hostsDir := filepath.Join(dir, "certs.d")
+	os.MkdirAll(filepath.Join(hostsDir, up), 0o755)
+	hostsToml := "server = \"http://" + up + "\"\n[host.\"" + mirrorSrv.URL + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	if err := os.WriteFile(filepath.Join(hostsDir, up, "hosts.toml"), []byte(hostsToml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingTransport{}
+	containerd := registry.New(
+		registry.WithHostsDir(hostsDir),
+		registry.WithCredentials(func(string) (string, string, error) { return "user", "pass", nil }),
+		registry.WithHTTPClient(&http.Client{Transport: rec}),
+	)
+	img, err := containerd.Resolve(context.Background(), ref, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	if err != nil {
+		t.Fatalf("pull through the mirror: %v", err)
+	}
+	for _, u := range rec.seen() {
+		if !strings.HasPrefix(u, mirrorSrv.URL) {
+			t.Fatalf("request bypassed the mirror: %s", u)
+		}
+	}
+	for _, l := range img.Layers {
+		src, err := store.Get(l.ChainID)
+		if err != nil {
+			t.Fatalf("chain %s not learned: %v", l.ChainID, err)
+		}
+		if src.Host != up || src.Repository != "team/app" || src.Blob.Digest != l.Descriptor.Digest || src.DiffID != l.DiffID {
+			t.Fatalf("chain %s: got %+v, want layer %s diffID %s", l.ChainID, src, l.Descriptor.Digest, l.DiffID)
+		}
+	}
+
+	// The record survives a restart.
+	store.Close()
+	store, err = OpenStore(filepath.Join(dir, "chains.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	last := img.Layers[len(img.Layers)-1]
+	if src, err := store.ResolveLayer(context.Background(), last.ChainID.String(), nil); err != nil || src.DiffID != last.DiffID {
+		t.Fatalf("after reopening: %+v, %v", src, err)
+	}
+	if _, err := store.Get(digest.FromString("unknown")); !errdefs.IsNotFound(err) {
+		t.Fatalf("unknown chain: got %v, want NotFound", err)
+	}
+}
+
+// recordingTransport records the URL of every request containerd's side sends.
+type recordingTransport struct {
+	mu   sync.Mutex
+	urls []string
+}
+
+func (rt *recordingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	rt.mu.Lock()
+	rt.urls = append(rt.urls, r.URL.String())
+	rt.mu.Unlock()
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func (rt *recordingTransport) seen() []string {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return append([]string(nil), rt.urls...)
+}
+
+func TestMirrorRequestErrors(t *testing.T) {
+	store, err := OpenStore(filepath.Join(t.TempDir(), "chains.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	up := upstream(t)
+	srv := httptest.NewServer(New(registry.New(registry.WithInsecureRegistries(up)), store))
+	defer srv.Close()
+	for _, tc := range []struct {
+		method, path string
+		auth         bool
+		want         int
+	}{
+		{"GET", "/v2/", false, http.StatusOK},
+		{"GET", "/v2/team/app/manifests/v1", false, http.StatusBadRequest},                // no ns
+		{"PUT", "/v2/team/app/manifests/v1?ns=" + up, false, http.StatusMethodNotAllowed}, // pulls only
+		{"GET", "/v2/team/app/manifests/v1?ns=" + up, false, http.StatusUnauthorized},     // challenge passed through
+		{"GET", "/v2/team/app/manifests/none?ns=" + up, true, http.StatusNotFound},        // upstream's answer
+		{"GET", "/v2/team/app/manifests/v1?ns=127.0.0.1:1", false, http.StatusBadGateway}, // unreachable
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+tc.path, nil)
+		if tc.auth {
+			req.SetBasicAuth("user", "pass")
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: status %d, want %d", tc.method, tc.path, resp.StatusCode, tc.want)
+		}
+		if tc.want == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") != `Basic realm="upstream"` {
+			t.Errorf("challenge not passed through: %q", resp.Header.Get("WWW-Authenticate"))
+		}
+	}
+}
