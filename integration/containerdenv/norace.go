@@ -1,0 +1,5 @@
+//go:build !race
+
+package containerdenv
+
+const raceEnabled = false

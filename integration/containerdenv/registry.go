@@ -1,0 +1,294 @@
+package containerdenv
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"debug/elf"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+)
+
+// Registry is an in-process OCI registry (go-containerregistry's) served over plain HTTP on
+// a free loopback port.
+type Registry struct {
+	// Host is "127.0.0.1:PORT", the registry part of image references.
+	Host string
+	srv  *http.Server
+	done chan struct{}
+}
+
+// StartRegistry serves a new, empty registry on 127.0.0.1, logging requests to logw.
+func StartRegistry(logw io.Writer) (*Registry, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("registry listen: %w", err)
+	}
+	r := &Registry{
+		Host: ln.Addr().String(),
+		srv: &http.Server{
+			Handler:           ggcrregistry.New(ggcrregistry.Logger(log.New(logw, "registry: ", log.LstdFlags|log.Lmicroseconds))),
+			ReadHeaderTimeout: 30 * time.Second,
+		},
+		done: make(chan struct{}),
+	}
+	go func() {
+		defer close(r.done)
+		_ = r.srv.Serve(ln)
+	}()
+	return r, nil
+}
+
+// Close stops the registry at once, closing its connections. (A graceful Shutdown would
+// wait up to 5 s for connections that clients opened but never sent a request on.)
+func (r *Registry) Close() error {
+	err := r.srv.Close()
+	<-r.done
+	return err
+}
+
+// Image is an image pushed to a Registry, with what a test needs to check a container of it.
+type Image struct {
+	// Ref is "HOST/REPO:TAG".
+	Ref string
+	// Digest is the manifest digest.
+	Digest string
+	// Layers are the layers, base first.
+	Layers []ImageLayer
+	// Files maps the absolute path of every regular file in the image (later layers
+	// replacing earlier ones) to the hex SHA-256 of its content, as `sha256sum` prints it.
+	Files map[string]string
+}
+
+// ImageLayer describes one pushed layer.
+type ImageLayer struct {
+	Digest string // of the compressed blob
+	DiffID string // of the uncompressed tar
+	Size   int64  // of the blob
+}
+
+// Push builds an image of the given layers (each a tar of files, gzip-compressed on the
+// way) for linux/amd64 with Cmd ["/bin/sh"] and Env PATH=/bin, as an OCI image, and pushes
+// it as repoTag ("REPO:TAG") to the registry.
+func (r *Registry) Push(ctx context.Context, repoTag string, layers ...[]layertest.File) (*Image, error) {
+	ref, err := name.ParseReference(r.Host+"/"+repoTag, name.Insecure)
+	if err != nil {
+		return nil, err
+	}
+	img := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
+	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
+	files := map[string]string{}
+	var added []v1.Layer
+	for i, lf := range layers {
+		b, err := layertest.Tar(lf)
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
+			return io.NopCloser(bytes.NewReader(b)), nil
+		}, tarball.WithMediaType(types.OCILayer))
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		added = append(added, l)
+		applyLayerFiles(files, lf)
+	}
+	img, err = mutate.AppendLayers(img, added...)
+	if err != nil {
+		return nil, err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	cf.Config.Cmd = []string{"/bin/sh"}
+	cf.Config.Env = []string{"PATH=/bin"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		return nil, err
+	}
+	if err := remote.Write(ref, img, remote.WithContext(ctx)); err != nil {
+		return nil, fmt.Errorf("push %s: %w", ref, err)
+	}
+	dg, err := img.Digest()
+	if err != nil {
+		return nil, err
+	}
+	out := &Image{Ref: ref.Name(), Digest: dg.String(), Files: files}
+	for _, l := range added {
+		d, err := l.Digest()
+		if err != nil {
+			return nil, err
+		}
+		diff, err := l.DiffID()
+		if err != nil {
+			return nil, err
+		}
+		size, err := l.Size()
+		if err != nil {
+			return nil, err
+		}
+		out.Layers = append(out.Layers, ImageLayer{Digest: d.String(), DiffID: diff.String(), Size: size})
+	}
+	return out, nil
+}
+
+// applyLayerFiles updates files (path → sha256) with a layer's regular files, removing
+// what its whiteouts and replaced entries remove. Hardlinks take their target's content.
+func applyLayerFiles(files map[string]string, layerFiles []layertest.File) {
+	for _, f := range layerFiles {
+		p := path.Clean("/" + f.Header.Name)
+		dir, base := path.Split(p)
+		switch {
+		case base == ".wh..wh..opq":
+			removeUnder(files, path.Clean(dir))
+			continue
+		case strings.HasPrefix(base, ".wh."):
+			target := path.Join(dir, strings.TrimPrefix(base, ".wh."))
+			delete(files, target)
+			removeUnder(files, target)
+			continue
+		}
+		delete(files, p)
+		removeUnder(files, p)
+		switch f.Header.Typeflag {
+		case tar.TypeReg:
+			sum := sha256.Sum256(f.Data)
+			files[p] = hex.EncodeToString(sum[:])
+		case tar.TypeLink:
+			if sum, ok := files[path.Clean("/"+f.Header.Linkname)]; ok {
+				files[p] = sum
+			}
+		}
+	}
+}
+
+func removeUnder(files map[string]string, dir string) {
+	prefix := strings.TrimSuffix(dir, "/") + "/"
+	for p := range files {
+		if strings.HasPrefix(p, prefix) {
+			delete(files, p)
+		}
+	}
+}
+
+// BusyboxApplets are the commands the busybox layer links to /bin/busybox.
+var BusyboxApplets = []string{
+	"sh", "ash", "echo", "cat", "ls", "sha256sum", "md5sum", "wc", "head", "tail", "find",
+	"stat", "test", "[", "true", "false", "sleep", "env", "id", "mkdir", "rm", "cp", "mv",
+	"touch", "grep", "sort", "uniq", "cut", "du", "df", "mount", "ps", "dd", "tr", "xargs",
+	"readlink", "ln", "chmod", "date", "uname", "hostname", "kill", "printf", "seq", "cmp",
+}
+
+var busyboxEpoch = time.Date(2024, 5, 17, 10, 30, 0, 0, time.UTC)
+
+// BusyboxLayer returns the files of a minimal rootfs layer: a statically linked busybox
+// (Debian's busybox-static installs one at path) as /bin/busybox with a symlink in /bin for
+// each of BusyboxApplets, /etc/passwd and /etc/group for root, and empty /tmp, /proc, /sys,
+// /dev and /root directories.
+func BusyboxLayer(busyboxPath string) ([]layertest.File, error) {
+	data, err := os.ReadFile(busyboxPath)
+	if err != nil {
+		return nil, fmt.Errorf("busybox: %w (install Debian's busybox-static package)", err)
+	}
+	if err := checkStatic(busyboxPath); err != nil {
+		return nil, err
+	}
+	dir := func(name string, mode int64) layertest.File {
+		return layertest.File{Header: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode, ModTime: busyboxEpoch, Format: tar.FormatPAX}}
+	}
+	reg := func(name string, mode int64, data []byte) layertest.File {
+		return layertest.File{Header: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, ModTime: busyboxEpoch, Format: tar.FormatPAX}, Data: data}
+	}
+	files := []layertest.File{
+		dir("bin/", 0o755),
+		reg("bin/busybox", 0o755, data),
+		dir("etc/", 0o755),
+		reg("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")),
+		reg("etc/group", 0o644, []byte("root:x:0:\nnogroup:x:65534:\n")),
+		dir("tmp/", 0o1777),
+		dir("proc/", 0o555),
+		dir("sys/", 0o555),
+		dir("dev/", 0o755),
+		dir("root/", 0o700),
+	}
+	for _, a := range BusyboxApplets {
+		files = append(files, layertest.File{Header: tar.Header{
+			Typeflag: tar.TypeSymlink, Name: "bin/" + a, Linkname: "busybox", Mode: 0o777, ModTime: busyboxEpoch, Format: tar.FormatPAX,
+		}})
+	}
+	return files, nil
+}
+
+// checkStatic refuses a dynamically linked binary: it would not run in a rootfs without
+// its libraries, and the failure in the container ("no such file or directory") is obscure.
+func checkStatic(p string) error {
+	f, err := elf.Open(p)
+	if err != nil {
+		return fmt.Errorf("busybox %s: %w", p, err)
+	}
+	defer f.Close()
+	for _, prog := range f.Progs {
+		if prog.Type == elf.PT_INTERP {
+			return errors.New("busybox " + p + " is dynamically linked: install Debian's busybox-static package")
+		}
+	}
+	return nil
+}
+
+// Test image contents: see TestImageLayers.
+const (
+	TestImageSeed      = 42
+	TestImageDataSize  = 8 << 20
+	TestImageDataFiles = 64
+)
+
+// TestImageLayers returns the layers of the standard test image: the busybox rootfs of
+// BusyboxLayer("/bin/busybox"), then layertest.Generated(TestImageSeed, TestImageDataSize,
+// TestImageDataFiles): /data/small/f00000.txt … and /data/large.bin.
+func TestImageLayers() ([][]layertest.File, error) {
+	bb, err := BusyboxLayer("/bin/busybox")
+	if err != nil {
+		return nil, err
+	}
+	return [][]layertest.File{bb, layertest.Generated(TestImageSeed, TestImageDataSize, TestImageDataFiles)}, nil
+}
+
+// PushTestImage pushes the standard test image (TestImageLayers) to r as repoTag.
+func PushTestImage(t testing.TB, r *Registry, repoTag string) *Image {
+	t.Helper()
+	layers, err := TestImageLayers()
+	if err != nil {
+		t.Fatalf("containerdenv: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	img, err := r.Push(ctx, repoTag, layers...)
+	if err != nil {
+		t.Fatalf("containerdenv: %v", err)
+	}
+	return img
+}

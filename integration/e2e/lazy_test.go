@@ -1,0 +1,116 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/opencontainers/image-spec/identity"
+
+	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+)
+
+// TestLazyPullThroughMirror is the product's face: plain `nerdctl --snapshotter=p2p run`,
+// containerd pointed at the daemon's registry mirror by hosts.toml, no labels. Every layer
+// is mounted lazily from FUSE, the FUSE mounts are there while the container runs, every file
+// has the right content, and containerd never fetched a layer blob into its content store.
+func TestLazyPullThroughMirror(t *testing.T) {
+	containerdenv.RequireRoot(t)
+	reg, err := containerdenv.StartRegistry(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	mirror := freeAddress(t)
+	env := containerdenv.New(t, containerdenv.Options{
+		SnapshotterArgs: []string{"--mirror-address", mirror, "--insecure-registry", reg.Host},
+	})
+	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+reg.Host, "http://"+mirror)
+	if err := env.SetHostsTOML(reg.Host, hosts); err != nil {
+		t.Fatal(err)
+	}
+	img := containerdenv.PushTestImage(t, reg, "test/lazy:v1")
+
+	// A container that stays up while we look at the mounts.
+	name := "lazy-running"
+	env.Nerdctl(t, "--snapshotter=p2p", "run", "-d", "--name", name, "--net", "none", img.Ref, "sleep", "60")
+	t.Cleanup(func() { env.RunNerdctl(context.Background(), "rm", "-f", name) })
+	mounts, err := containerdenv.MountsUnder(env.SnapshotterRoot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := countFUSE(t, env.SnapshotterRoot); got != len(img.Layers) {
+		t.Fatalf("%d FUSE layer mounts under the daemon's root while the container runs, want %d (mounts: %v)", got, len(img.Layers), mounts)
+	}
+
+	checkFiles(t, env, "p2p", img)
+
+	client := env.SnapshotterClient(t)
+	for i, l := range img.Layers {
+		chain := chainID(t, img, i)
+		info, err := client.Stat(context.Background(), chain)
+		if err != nil {
+			t.Fatalf("layer %d: no committed snapshot %s: %v", i, chain, err)
+		}
+		if info.Labels[snapshotter.LabelRemote] != "p2p" || info.Labels[snapshotter.LabelDiffID] != l.DiffID {
+			t.Errorf("layer %d was not mounted lazily: labels %v", i, info.Labels)
+		}
+	}
+
+	content := env.Ctr(t, "content", "ls", "-q")
+	for i, l := range img.Layers {
+		if strings.Contains(content, l.Digest) {
+			t.Errorf("containerd fetched layer %d's blob %s; a lazily mounted layer must not be downloaded", i, l.Digest)
+		}
+	}
+}
+
+// chainID computes the chain ID of layer i from the image's diffIDs.
+func chainID(t *testing.T, img *containerdenv.Image, i int) string {
+	t.Helper()
+	var ids []digest.Digest
+	for _, l := range img.Layers[:i+1] {
+		ids = append(ids, digest.Digest(l.DiffID))
+	}
+	return identity.ChainID(ids).String()
+}
+
+// countFUSE counts the FUSE layer mounts below dir.
+func countFUSE(t *testing.T, dir string) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		sep := -1
+		for i, x := range f {
+			if x == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep > 4 && sep+1 < len(f) && strings.HasPrefix(f[4], dir) && strings.HasPrefix(f[sep+1], "fuse") {
+			n++
+		}
+	}
+	return n
+}
+
+func freeAddress(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
