@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"strings"
 	"testing"
 
@@ -18,27 +16,14 @@ import (
 // Prepare falls back to a normal snapshot, containerd downloads and unpacks the layers itself,
 // and the container starts with the right files: fallback, never failure.
 func TestFallbackWhenTheLayerCannotBeSeeded(t *testing.T) {
-	containerdenv.RequireRoot(t)
-	reg, err := containerdenv.StartRegistry(io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	mirror := freeAddress(t)
-	env := containerdenv.New(t, containerdenv.Options{
-		SnapshotterArgs: []string{"--mirror-address", mirror}, // no --insecure-registry
-	})
-	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+reg.Host, "http://"+mirror)
-	if err := env.SetHostsTOML(reg.Host, hosts); err != nil {
-		t.Fatal(err)
-	}
+	env, reg := setupMirror(t, containerdenv.Options{}, false)
 	img := containerdenv.PushTestImage(t, reg, "test/fallback:v1")
 
 	checkFiles(t, env, "p2p", img)
 
 	// containerd names normal snapshots in the daemon after its own keys: walk them all.
 	committed := 0
-	err = env.SnapshotterClient(t).Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
+	err := env.SnapshotterClient(t).Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
 		if info.Kind == snapshots.KindCommitted {
 			committed++
 		}

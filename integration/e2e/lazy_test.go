@@ -21,20 +21,7 @@ import (
 // is mounted lazily from FUSE, the FUSE mounts are there while the container runs, every file
 // has the right content, and containerd never fetched a layer blob into its content store.
 func TestLazyPullThroughMirror(t *testing.T) {
-	containerdenv.RequireRoot(t)
-	reg, err := containerdenv.StartRegistry(io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	mirror := freeAddress(t)
-	env := containerdenv.New(t, containerdenv.Options{
-		SnapshotterArgs: []string{"--mirror-address", mirror, "--insecure-registry", reg.Host},
-	})
-	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+reg.Host, "http://"+mirror)
-	if err := env.SetHostsTOML(reg.Host, hosts); err != nil {
-		t.Fatal(err)
-	}
+	env, reg := setupMirror(t, containerdenv.Options{}, true)
 	img := containerdenv.PushTestImage(t, reg, "test/lazy:v1")
 
 	// A container that stays up while we look at the mounts.
@@ -69,6 +56,31 @@ func TestLazyPullThroughMirror(t *testing.T) {
 			t.Errorf("containerd fetched layer %d's blob %s; a lazily mounted layer must not be downloaded", i, l.Digest)
 		}
 	}
+}
+
+// setupMirror starts a registry and an environment whose daemon is the registry's mirror
+// (containerd's hosts.toml sends pulls to it first), so that plain nerdctl pulls mount layers
+// lazily. With daemonReachesRegistry false the daemon is not told that the registry speaks
+// plain HTTP and cannot read it.
+func setupMirror(t *testing.T, opts containerdenv.Options, daemonReachesRegistry bool) (*containerdenv.Env, *containerdenv.Registry) {
+	t.Helper()
+	containerdenv.RequireRoot(t)
+	reg, err := containerdenv.StartRegistry(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	mirror := freeAddress(t)
+	opts.SnapshotterArgs = append(opts.SnapshotterArgs, "--mirror-address", mirror)
+	if daemonReachesRegistry {
+		opts.SnapshotterArgs = append(opts.SnapshotterArgs, "--insecure-registry", reg.Host)
+	}
+	env := containerdenv.New(t, opts)
+	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+reg.Host, "http://"+mirror)
+	if err := env.SetHostsTOML(reg.Host, hosts); err != nil {
+		t.Fatal(err)
+	}
+	return env, reg
 }
 
 // chainID computes the chain ID of layer i from the image's diffIDs.
