@@ -74,6 +74,9 @@ type LazyConfig struct {
 	// Timeout bounds how long a Prepare waits for a layer this node has never seen (its one
 	// streaming pass) before it falls back to a normal snapshot.
 	Timeout Duration `toml:"timeout"`
+	// FuseManager serves the FUSE layers from a separate process that the daemon starts and
+	// that outlives it, so that restarting the daemon does not break running containers.
+	FuseManager bool `toml:"fuse_manager"`
 }
 
 // DefaultConfig returns the configuration used when no file or flag says otherwise.
@@ -85,7 +88,7 @@ func DefaultConfig() Config {
 		LogLevel: DefaultLogLevel,
 		Mirror:   MirrorConfig{Address: DefaultMirrorAddress},
 		Cache:    CacheConfig{Size: 1 << 30, BlockSize: layer.DefaultBlockSize},
-		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute)},
+		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute), FuseManager: true},
 	}
 }
 

@@ -2,7 +2,6 @@ package snapshotter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 
@@ -10,11 +9,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
-	"golang.org/x/sys/unix"
-
-	"github.com/p2pimage/p2p-snapshotter/layer"
-	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 )
 
 // prepareLazy mounts the layer of target lazily and commits it. It returns nil when target
@@ -27,13 +21,6 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target strin
 	if err != nil {
 		return err
 	}
-	lctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	l, err := s.layers.Layer(lctx, src)
-	if err != nil {
-		return fmt.Errorf("layer %s: %w", src.DiffID, err)
-	}
-
 	if _, err := s.Snapshotter.Prepare(ctx, key, parent, opts...); err != nil {
 		return err
 	}
@@ -49,21 +36,25 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target strin
 	if err != nil {
 		return err
 	}
-	if err := s.mount(ctx, dir, l); err != nil {
-		return err
+	lctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	if err := s.layers.Mount(lctx, dir, src); err != nil {
+		return fmt.Errorf("layer %s: %w", src.DiffID, err)
 	}
 	commitLabels := maps.Clone(labels)
 	commitLabels[LabelRemote] = "p2p"
 	commitLabels[LabelDiffID] = src.DiffID.String()
 	if err := s.Snapshotter.Commit(ctx, target, key, snapshots.WithLabels(commitLabels)); err != nil {
-		s.unmount(dir)
+		if err := s.layers.Unmount(ctx, dir); err != nil {
+			log.G(ctx).WithError(err).WithField("dir", dir).Warn("unmount abandoned layer")
+		}
 		if errdefs.IsAlreadyExists(err) {
 			return nil // a concurrent Prepare committed it first
 		}
 		return fmt.Errorf("commit %s: %w", target, err)
 	}
 	committed = true
-	log.G(ctx).WithFields(log.Fields{"target": target, "diffID": src.DiffID, "entries": len(l.Index.Entries)}).Info("mounted layer lazily")
+	log.G(ctx).WithFields(log.Fields{"target": target, "diffID": src.DiffID}).Info("mounted layer lazily")
 	return nil
 }
 
@@ -77,45 +68,6 @@ func (s *Snapshotter) upperdir(ctx context.Context, key string) (string, error) 
 		return "", fmt.Errorf("snapshot %s: the overlay snapshotter reported no directory", key)
 	}
 	return dir, nil
-}
-
-// mount mounts l at dir, replacing a mount a previous run of the daemon may have left there.
-func (s *Snapshotter) mount(ctx context.Context, dir string, l *seed.Layer) error {
-	detachStale(dir)
-	m, err := layerfs.Mount(ctx, dir, l.Index, l, layerfs.WithFSName("p2p:"+l.Index.DiffID.Encoded()[:12]))
-	if err != nil {
-		return fmt.Errorf("mount layer %s at %s: %w", l.Index.DiffID, dir, err)
-	}
-	s.mu.Lock()
-	s.mounts[dir] = m
-	s.mu.Unlock()
-	return nil
-}
-
-// unmount unmounts the layer mounted at dir; if something still uses it, it is detached and
-// goes when its last user does.
-func (s *Snapshotter) unmount(dir string) error {
-	s.mu.Lock()
-	m, ok := s.mounts[dir]
-	delete(s.mounts, dir)
-	s.mu.Unlock()
-	if !ok {
-		detachStale(dir)
-		return nil
-	}
-	if err := m.Unmount(); err != nil {
-		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
-			return fmt.Errorf("unmount %s: %w", dir, err)
-		}
-	}
-	return nil
-}
-
-// detachStale lazily unmounts whatever is mounted at dir (a FUSE mount whose server died);
-// it does nothing if dir is not a mount point.
-func detachStale(dir string) {
-	for unix.Unmount(dir, unix.MNT_DETACH) == nil {
-	}
 }
 
 // restoreMounts mounts again, after a restart, every lazily mounted layer committed before.
@@ -134,11 +86,7 @@ func (s *Snapshotter) restoreMounts(ctx context.Context) error {
 	}
 	for _, info := range remote {
 		diffID := digest.Digest(info.Labels[LabelDiffID])
-		l, err := s.layers.Open(layer.TaskIDFromDigest(diffID))
-		if err == nil {
-			err = s.mount(ctx, info.Labels[upperdirLabel], l)
-		}
-		if err != nil {
+		if err := s.layers.Restore(ctx, info.Labels[upperdirLabel], diffID); err != nil {
 			// The snapshot stays; containers on it fail to read, and removing the image
 			// removes it.
 			log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": info.Name, "diffID": diffID}).Error("cannot mount lazily mounted layer again")

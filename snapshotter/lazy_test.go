@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,6 +33,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
 )
 
 func reg(name, data string) layertest.File {
@@ -117,7 +119,9 @@ func (env *lazyEnv) labels(i int) map[string]string {
 	}
 }
 
-func (env *lazyEnv) open(t *testing.T, root string) *Snapshotter {
+// open starts what a daemon runs: a block cache, a layer store, an in-process FUSE mounter and
+// the snapshotter. The returned stop stops them all, as a daemon (and its FUSE manager) exit.
+func (env *lazyEnv) open(t *testing.T, root string) (*Snapshotter, func()) {
 	t.Helper()
 	cache, err := blockcache.New(8<<20, blockcache.WithBlockSize(64<<10))
 	if err != nil {
@@ -128,16 +132,22 @@ func (env *lazyEnv) open(t *testing.T, root string) *Snapshotter {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sn, err := New(context.Background(), root, WithLazyLayers(store, NewLabelResolver(client), time.Minute))
+	mounter := fusemanager.NewMounter(store)
+	sn, err := New(context.Background(), root, WithLazyLayers(mounter, NewLabelResolver(client), time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		sn.Close()
-		store.Close()
-		cache.Close()
-	})
-	return sn
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			sn.Close()
+			mounter.Close()
+			store.Close()
+			cache.Close()
+		})
+	}
+	t.Cleanup(stop)
+	return sn, stop
 }
 
 func requireFUSE(t *testing.T) {
@@ -159,7 +169,7 @@ func TestLazyLayersAsContainerdUnpacksThem(t *testing.T) {
 	env := newLazyEnv(t)
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	root := t.TempDir()
-	sn := env.open(t, root)
+	sn, stop := env.open(t, root)
 
 	parent := ""
 	for i, l := range env.image.Layers {
@@ -182,11 +192,10 @@ func TestLazyLayersAsContainerdUnpacksThem(t *testing.T) {
 		t.Fatalf("%d blob GETs, want one per layer", got)
 	}
 
-	// Restart: the layers are mounted again from what this node stored.
-	if err := sn.Close(); err != nil {
-		t.Fatal(err)
-	}
-	sn2 := env.open(t, root)
+	// Restart of everything, FUSE servers included: the layers are mounted again from what
+	// this node stored.
+	stop()
+	sn2, _ := env.open(t, root)
 	checkRootfs(t, ctx, sn2, parent, env.big)
 	if got := env.blobGets.Load(); got != 2 {
 		t.Fatalf("a restart fetched blobs again (%d GETs)", got)
@@ -247,7 +256,7 @@ func TestUnknownLayerFallsBackToNormalSnapshot(t *testing.T) {
 	requireFUSE(t)
 	env := newLazyEnv(t)
 	ctx := namespaces.WithNamespace(context.Background(), "test")
-	sn := env.open(t, t.TempDir())
+	sn, _ := env.open(t, t.TempDir())
 	for name, labels := range map[string]map[string]string{
 		"no CRI labels": {LabelTargetRef: env.image.Layers[0].ChainID.String()},
 		"wrong chain ID": func() map[string]string {

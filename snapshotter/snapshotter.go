@@ -2,10 +2,8 @@ package snapshotter
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
-	"sync"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -14,9 +12,9 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/opencontainers/go-digest"
+
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 )
 
 // Labels the snapshotter reads and writes.
@@ -36,21 +34,22 @@ const (
 type Snapshotter struct {
 	snapshots.Snapshotter // overlay, with the upperdir label
 
-	layers   LayerSource // nil: lazy layers disabled
+	layers   LayerMounter // nil: lazy layers disabled
 	resolver LayerResolver
 	timeout  time.Duration
-
-	mu     sync.Mutex
-	mounts map[string]*layerfs.Mounted // by mount directory
 }
 
-// LayerSource holds layers for this node: their index and a reader of their stream.
-// seed.Store satisfies it.
-type LayerSource interface {
-	// Layer returns the layer src names, fetching it if this node does not hold it.
-	Layer(ctx context.Context, src seed.Source) (*seed.Layer, error)
-	// Open returns a layer this node holds, or an error wrapping os.ErrNotExist.
-	Open(task layer.TaskID) (*seed.Layer, error)
+// LayerMounter mounts lazily pulled layers on directories. fusemanager.Mounter (in this
+// process) and fusemanager.Client (in a FUSE manager process that outlives the daemon)
+// satisfy it. Each method is idempotent.
+type LayerMounter interface {
+	// Mount mounts the layer src names at dir, fetching it first if this node does not
+	// hold it.
+	Mount(ctx context.Context, dir string, src seed.Source) error
+	// Restore makes sure the stored layer diffID is mounted at dir, as after a restart.
+	Restore(ctx context.Context, dir string, diffID digest.Digest) error
+	// Unmount unmounts the layer at dir.
+	Unmount(ctx context.Context, dir string) error
 }
 
 // LayerResolver tells where the layer of a snapshot being prepared comes from, from the
@@ -63,9 +62,9 @@ type LayerResolver interface {
 // Option configures a Snapshotter.
 type Option func(*Snapshotter)
 
-// WithLazyLayers enables lazily mounted layers: layers the resolver knows are mounted from
-// FUSE instead of being unpacked, waiting at most timeout for a layer's first pass.
-func WithLazyLayers(layers LayerSource, resolver LayerResolver, timeout time.Duration) Option {
+// WithLazyLayers enables lazily mounted layers: layers the resolver knows are mounted by
+// layers instead of being unpacked, waiting at most timeout for a layer's first pass.
+func WithLazyLayers(layers LayerMounter, resolver LayerResolver, timeout time.Duration) Option {
 	return func(s *Snapshotter) {
 		s.layers, s.resolver, s.timeout = layers, resolver, timeout
 	}
@@ -78,7 +77,7 @@ func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error)
 	if err != nil {
 		return nil, fmt.Errorf("open overlay snapshots under %s: %w", root, err)
 	}
-	s := &Snapshotter{Snapshotter: ov, mounts: make(map[string]*layerfs.Mounted)}
+	s := &Snapshotter{Snapshotter: ov}
 	for _, o := range opts {
 		o(s)
 	}
@@ -121,26 +120,18 @@ func (s *Snapshotter) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	if info.Labels[LabelRemote] == "p2p" {
-		if err := s.unmount(info.Labels[upperdirLabel]); err != nil {
+	if info.Labels[LabelRemote] == "p2p" && s.layers != nil {
+		if err := s.layers.Unmount(ctx, info.Labels[upperdirLabel]); err != nil {
 			return fmt.Errorf("remove %s: %w", key, err)
 		}
 	}
 	return s.Snapshotter.Remove(ctx, key)
 }
 
-// Close unmounts every lazily mounted layer and closes the metadata store. Containers still
-// running on those layers lose them.
+// Close closes the metadata store. Lazily mounted layers stay mounted: they belong to the
+// LayerMounter.
 func (s *Snapshotter) Close() error {
-	s.mu.Lock()
-	var errs []error
-	for dir, m := range s.mounts {
-		errs = append(errs, m.Unmount())
-		delete(s.mounts, dir)
-	}
-	s.mu.Unlock()
-	errs = append(errs, s.Snapshotter.Close())
-	return errors.Join(errs...)
+	return s.Snapshotter.Close()
 }
 
 // Stat returns the info of a snapshot. The overlay snapshotter's upperdir label, which this

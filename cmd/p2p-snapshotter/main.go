@@ -23,8 +23,6 @@ import (
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
-	"github.com/p2pimage/p2p-snapshotter/blockcache"
-	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
@@ -96,6 +94,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&flags.Mirror.Address, "mirror-address", snapshotter.DefaultMirrorAddress, "host:port of the registry mirror containerd's hosts.toml points at; empty disables it")
 	f.StringArrayVar(&flags.Registry.Insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
 	f.StringVar(&flags.Registry.HostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
+	cmd.AddCommand(newFuseManagerCommand())
 	return cmd
 }
 
@@ -108,21 +107,12 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 	}
 	var opts []snapshotter.Option
 	if cfg.Lazy.Enable {
-		cache, err := blockcache.New(int64(cfg.Cache.Size), blockcache.WithBlockSize(int(cfg.Cache.BlockSize)))
+		client := newRegistryClient(cfg)
+		mounter, closeMounter, err := layerMounter(ctx, cfg)
 		if err != nil {
 			return err
 		}
-		defer cache.Close()
-		regOpts := []registry.Option{registry.WithInsecureRegistries(cfg.Registry.Insecure...)}
-		if cfg.Registry.HostsDir != "" {
-			regOpts = append(regOpts, registry.WithHostsDir(cfg.Registry.HostsDir))
-		}
-		client := registry.New(regOpts...)
-		store, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client)
-		if err != nil {
-			return err
-		}
-		defer store.Close()
+		defer closeMounter()
 		resolvers := snapshotter.Resolvers{snapshotter.NewLabelResolver(client)}
 		if cfg.Mirror.Address != "" {
 			chains, err := mirror.OpenStore(filepath.Join(cfg.Root, "chains.db"))
@@ -137,7 +127,7 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 			defer stopMirror()
 			resolvers = append(resolvers, chains)
 		}
-		opts = append(opts, snapshotter.WithLazyLayers(store, resolvers, time.Duration(cfg.Lazy.Timeout)))
+		opts = append(opts, snapshotter.WithLazyLayers(mounter, resolvers, time.Duration(cfg.Lazy.Timeout)))
 	}
 	sn, err := snapshotter.New(ctx, filepath.Join(cfg.Root, "overlay"), opts...)
 	if err != nil {
@@ -150,6 +140,14 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 	}
 	log.G(ctx).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("p2p-snapshotter starting")
 	return snapshotter.Serve(ctx, sn, ln)
+}
+
+func newRegistryClient(cfg snapshotter.Config) *registry.Client {
+	opts := []registry.Option{registry.WithInsecureRegistries(cfg.Registry.Insecure...)}
+	if cfg.Registry.HostsDir != "" {
+		opts = append(opts, registry.WithHostsDir(cfg.Registry.HostsDir))
+	}
+	return registry.New(opts...)
 }
 
 // serveMirror serves the registry mirror on address until the returned stop is called.

@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
@@ -125,4 +127,32 @@ func freeAddress(t *testing.T) string {
 	}
 	defer ln.Close()
 	return ln.Addr().String()
+}
+
+// TestDaemonRestartKeepsLazyContainers: a container runs on lazily mounted layers; the daemon
+// restarts; the container reads every file of the image (most of them never read before the
+// restart) and sees no error, and a new container starts on the same layers.
+func TestDaemonRestartKeepsLazyContainers(t *testing.T) {
+	env, reg := setupMirror(t, containerdenv.Options{}, true)
+	img := containerdenv.PushTestImage(t, reg, "test/restart:v1")
+	env.Nerdctl(t, "--snapshotter=p2p", "run", "-d", "--name", "keep", "--net", "none", img.Ref, "sleep", "600")
+	t.Cleanup(func() { env.RunNerdctl(context.Background(), "rm", "-f", "keep") })
+	if got := countFUSE(t, env.SnapshotterRoot); got != len(img.Layers) {
+		t.Fatalf("%d FUSE layer mounts, want %d: the layers were not mounted lazily", got, len(img.Layers))
+	}
+
+	env.RestartSnapshotter(t)
+
+	paths := slices.Sorted(maps.Keys(img.Files))
+	out, stderr, err := env.RunNerdctl(context.Background(), append([]string{"exec", "keep", "sha256sum"}, paths...)...)
+	if err != nil {
+		t.Fatalf("the running container lost its files across the restart: %v\n%s%s", err, out, stderr)
+	}
+	got := parseSums(out)
+	for _, p := range paths {
+		if got[p] != img.Files[p] {
+			t.Errorf("container running across the restart: %s: sha256 %q; want %q", p, got[p], img.Files[p])
+		}
+	}
+	checkFiles(t, env, "p2p", img)
 }

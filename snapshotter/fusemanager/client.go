@@ -1,0 +1,127 @@
+package fusemanager
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+)
+
+// Client talks to a FUSE manager process. It is safe for concurrent use.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// NewClient returns a client of the manager listening on the unix socket at socket.
+func NewClient(socket string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", socket)
+	}}
+	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+}
+
+// Mount asks the manager to mount the layer src names at dir.
+func (c *Client) Mount(ctx context.Context, dir string, src seed.Source) error {
+	return c.call(ctx, "mount", mountRequest{Dir: dir, Source: &src})
+}
+
+// Restore asks the manager to make sure the stored layer diffID is mounted at dir.
+func (c *Client) Restore(ctx context.Context, dir string, diffID digest.Digest) error {
+	return c.call(ctx, "restore", mountRequest{Dir: dir, DiffID: diffID})
+}
+
+// Unmount asks the manager to unmount the layer at dir.
+func (c *Client) Unmount(ctx context.Context, dir string) error {
+	return c.call(ctx, "unmount", mountRequest{Dir: dir})
+}
+
+// Ping reports whether the manager answers.
+func (c *Client) Ping(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://fuse-manager/ping", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("FUSE manager at %s: %w", c.socket, err)
+	}
+	resp.Body.Close()
+	return nil
+}
+
+func (c *Client) call(ctx context.Context, op string, body mountRequest) error {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/"+op, bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("FUSE manager %s %s: %w", op, body.Dir, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNoContent {
+		return nil
+	}
+	var e errorResponse
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(data, &e) != nil || e.Error == "" {
+		e.Error = fmt.Sprintf("status %s: %s", resp.Status, data)
+	}
+	return fmt.Errorf("FUSE manager %s %s: %s", op, body.Dir, e.Error)
+}
+
+// Start makes sure a manager answers on c's socket: if none does, it starts argv (the
+// manager's command line) in a session of its own, so that it outlives the caller, with its
+// output appended to logPath, and waits up to timeout for it to answer.
+func (c *Client) Start(ctx context.Context, argv []string, logPath string, timeout time.Duration) error {
+	if c.Ping(ctx) == nil {
+		return nil
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("FUSE manager log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start FUSE manager: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }() // reaps it if it dies while we still run
+	deadline := time.Now().Add(timeout)
+	for {
+		if c.Ping(ctx) == nil {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("FUSE manager exited at start (%v); see %s", err, logPath)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return errors.New("FUSE manager did not answer in time; see " + logPath)
+		}
+	}
+}

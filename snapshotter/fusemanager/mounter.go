@@ -1,0 +1,135 @@
+package fusemanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sys/unix"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
+)
+
+// LayerStore holds the layers of this node. seed.Store satisfies it.
+type LayerStore interface {
+	// Layer returns the layer src names, seeding it if this node does not hold it.
+	Layer(ctx context.Context, src seed.Source) (*seed.Layer, error)
+	// Open returns a layer this node holds, or an error wrapping os.ErrNotExist.
+	Open(task layer.TaskID) (*seed.Layer, error)
+}
+
+// Mounter mounts layers from a LayerStore over FUSE. It is safe for concurrent use.
+type Mounter struct {
+	store LayerStore
+
+	mu     sync.Mutex
+	mounts map[string]mounted // by directory
+}
+
+type mounted struct {
+	fs     *layerfs.Mounted
+	diffID digest.Digest
+}
+
+// NewMounter returns a Mounter serving layers of store.
+func NewMounter(store LayerStore) *Mounter {
+	return &Mounter{store: store, mounts: make(map[string]mounted)}
+}
+
+// Mount mounts the layer src names at dir, seeding it first if this node does not hold it.
+// Mounting the same layer at the same directory again does nothing.
+func (m *Mounter) Mount(ctx context.Context, dir string, src seed.Source) error {
+	if m.has(dir, src.DiffID) {
+		return nil
+	}
+	l, err := m.store.Layer(ctx, src)
+	if err != nil {
+		return err
+	}
+	return m.mount(ctx, dir, l)
+}
+
+// Restore mounts at dir a layer this node holds already, as after a restart. If that layer
+// is mounted there and served, it does nothing.
+func (m *Mounter) Restore(ctx context.Context, dir string, diffID digest.Digest) error {
+	if m.has(dir, diffID) {
+		return nil
+	}
+	l, err := m.store.Open(layer.TaskIDFromDigest(diffID))
+	if err != nil {
+		return err
+	}
+	return m.mount(ctx, dir, l)
+}
+
+func (m *Mounter) has(dir string, diffID digest.Digest) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cur, ok := m.mounts[dir]
+	return ok && cur.diffID == diffID
+}
+
+func (m *Mounter) mount(ctx context.Context, dir string, l *seed.Layer) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.mounts[dir]; ok {
+		if cur.diffID == l.Index.DiffID {
+			return nil
+		}
+		return fmt.Errorf("mount layer %s at %s: layer %s is mounted there", l.Index.DiffID, dir, cur.diffID)
+	}
+	detachStale(dir)
+	fs, err := layerfs.Mount(ctx, dir, l.Index, l, layerfs.WithFSName("p2p:"+l.Index.DiffID.Encoded()[:12]))
+	if err != nil {
+		return fmt.Errorf("mount layer %s at %s: %w", l.Index.DiffID, dir, err)
+	}
+	m.mounts[dir] = mounted{fs: fs, diffID: l.Index.DiffID}
+	log.G(ctx).WithFields(log.Fields{"dir": dir, "diffID": l.Index.DiffID}).Debug("layer mounted")
+	return nil
+}
+
+// Unmount unmounts the layer at dir. If something still uses it, it is detached and goes when
+// its last user does. Unmounting a directory with no layer does nothing.
+func (m *Mounter) Unmount(_ context.Context, dir string) error {
+	m.mu.Lock()
+	cur, ok := m.mounts[dir]
+	delete(m.mounts, dir)
+	m.mu.Unlock()
+	if !ok {
+		detachStale(dir)
+		return nil
+	}
+	if err := cur.fs.Unmount(); err != nil {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			return fmt.Errorf("unmount %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// Close detaches every layer this Mounter serves.
+func (m *Mounter) Close() error {
+	m.mu.Lock()
+	dirs := make([]string, 0, len(m.mounts))
+	for dir := range m.mounts {
+		dirs = append(dirs, dir)
+	}
+	m.mu.Unlock()
+	var errs []error
+	for _, dir := range dirs {
+		errs = append(errs, m.Unmount(context.Background(), dir))
+	}
+	return errors.Join(errs...)
+}
+
+// detachStale lazily unmounts whatever is mounted at dir, such as a FUSE mount whose server
+// died; it does nothing if dir is not a mount point.
+func detachStale(dir string) {
+	for unix.Unmount(dir, unix.MNT_DETACH) == nil {
+	}
+}

@@ -1,0 +1,80 @@
+package fusemanager
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+)
+
+type mountRequest struct {
+	Dir    string        `json:"dir"`
+	Source *seed.Source  `json:"source,omitempty"` // Mount
+	DiffID digest.Digest `json:"diffID,omitempty"` // Restore
+}
+
+type errorResponse struct {
+	Error string `json:"error"`
+}
+
+// Serve serves m on ln until ctx ends.
+func Serve(ctx context.Context, m *Mounter, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
+	mux.HandleFunc("POST /mount", handle(func(ctx context.Context, req mountRequest) error {
+		if req.Source == nil {
+			return errors.New("mount: no source")
+		}
+		return m.Mount(ctx, req.Dir, *req.Source)
+	}))
+	mux.HandleFunc("POST /restore", handle(func(ctx context.Context, req mountRequest) error {
+		return m.Restore(ctx, req.Dir, req.DiffID)
+	}))
+	mux.HandleFunc("POST /unmount", handle(func(ctx context.Context, req mountRequest) error {
+		return m.Unmount(ctx, req.Dir)
+	}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	log.G(ctx).WithField("address", ln.Addr().String()).Info("FUSE manager serving")
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("FUSE manager: %w", err)
+	}
+	return nil
+}
+
+func handle(fn func(context.Context, mountRequest) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req mountRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+			return
+		}
+		if req.Dir == "" {
+			writeError(w, http.StatusBadRequest, errors.New("no directory"))
+			return
+		}
+		if err := fn(r.Context(), req); err != nil {
+			log.G(r.Context()).WithError(err).WithField("dir", req.Dir).Warn("FUSE manager request failed")
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(errorResponse{Error: err.Error()})
+}
