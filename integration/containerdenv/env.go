@@ -45,6 +45,9 @@ type Options struct {
 	LogLevel string
 	// Tools overrides the shared tool set (SharedTools).
 	Tools *Tools
+	// Env is added to the environment of the daemon, containerd, nerdctl and ctr (e.g.
+	// DOCKER_CONFIG for registry credentials).
+	Env []string
 }
 
 // Env is one containerd with our daemon as its proxy snapshotter, both separate processes
@@ -176,7 +179,7 @@ func New(t testing.TB, opts Options) *Env {
 			t.Fatal(err)
 		}
 	}
-	e.cmdEnv = commandEnv(tools.Dir, e.NerdctlTOML)
+	e.cmdEnv = append(commandEnv(tools.Dir, e.NerdctlTOML), opts.Env...)
 
 	if e.runDirs, err = claimRunDirs(ctx, base); err != nil {
 		t.Fatalf("containerdenv: %v", err)

@@ -72,7 +72,16 @@ func setupMirror(t *testing.T, opts containerdenv.Options, daemonReachesRegistry
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	mirror := freeAddress(t)
+	return setupMirrorFor(t, reg, "", opts, daemonReachesRegistry), reg
+}
+
+// setupMirrorFor is setupMirror for a registry the caller started, with the mirror on the
+// address mirror ("" for a free one).
+func setupMirrorFor(t *testing.T, reg *containerdenv.Registry, mirror string, opts containerdenv.Options, daemonReachesRegistry bool) *containerdenv.Env {
+	t.Helper()
+	if mirror == "" {
+		mirror = freeAddress(t)
+	}
 	opts.SnapshotterArgs = append(opts.SnapshotterArgs, "--mirror-address", mirror)
 	if daemonReachesRegistry {
 		opts.SnapshotterArgs = append(opts.SnapshotterArgs, "--insecure-registry", reg.Host)
@@ -82,7 +91,7 @@ func setupMirror(t *testing.T, opts containerdenv.Options, daemonReachesRegistry
 	if err := env.SetHostsTOML(reg.Host, hosts); err != nil {
 		t.Fatal(err)
 	}
-	return env, reg
+	return env
 }
 
 // chainID computes the chain ID of layer i from the image's diffIDs.
