@@ -43,7 +43,8 @@ type Stats struct {
 	FillErrors    uint64 // fills that failed
 	Evictions     uint64 // resident blocks dropped to make room
 	Blocks        int    // resident blocks
-	BytesHeld     int64  // bytes of block buffers the cache owns
+	BytesHeld     int64  // bytes of block buffers in use: resident, in flight, or pinned
+	BytesSpare    int64  // bytes of block buffers kept for reuse
 }
 
 // Cache is a bounded in-memory FIFO block cache. It is safe for concurrent use.
@@ -54,7 +55,8 @@ type Cache struct {
 	mu        sync.Mutex
 	entries   map[layer.BlockKey]*entry
 	fifo      entryList // resident entries, oldest first
-	held      int64
+	held      int64    // bytes of buffers in use
+	spare     [][]byte // buffers no longer in use, reused by the next fills
 	roomWaits int           // goroutines waiting for room
 	room      chan struct{} // closed and replaced when room may have been freed
 	closed    bool
@@ -123,7 +125,7 @@ func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.stats
-	s.Blocks, s.BytesHeld = c.fifo.len, c.held
+	s.Blocks, s.BytesHeld, s.BytesSpare = c.fifo.len, c.held, int64(len(c.spare)*c.blockSize)
 	return s
 }
 
@@ -275,9 +277,15 @@ func (c *Cache) dropLocked(e *entry) {
 	}
 }
 
+// freeLocked releases e's buffer. It is kept for reuse while the buffers in use and the
+// spare ones fit in the bound, so a busy cache allocates nothing and leaves the garbage
+// collector nothing to collect.
 func (c *Cache) freeLocked(e *entry) {
-	e.buf = nil
 	c.held -= int64(c.blockSize)
+	if c.held+int64(len(c.spare)+1)*int64(c.blockSize) <= max(c.limit, int64(c.blockSize)) {
+		c.spare = append(c.spare, e.buf)
+	}
+	e.buf = nil
 	c.signalRoomLocked()
 }
 
@@ -302,7 +310,13 @@ func (c *Cache) unpinLocked(e *entry) {
 }
 
 func (c *Cache) startLocked(key layer.BlockKey) *entry {
-	e := &entry{key: key, buf: make([]byte, c.blockSize), done: make(chan struct{})}
+	var buf []byte
+	if n := len(c.spare); n > 0 {
+		buf, c.spare = c.spare[n-1], c.spare[:n-1]
+	} else {
+		buf = make([]byte, c.blockSize)
+	}
+	e := &entry{key: key, buf: buf, done: make(chan struct{})}
 	c.entries[key] = e
 	c.held += int64(c.blockSize)
 	return e
@@ -369,5 +383,6 @@ func (c *Cache) Close() error {
 	for c.fifo.head != nil {
 		c.dropLocked(c.fifo.head)
 	}
+	c.spare = nil
 	return nil
 }

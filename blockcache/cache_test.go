@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -491,8 +492,8 @@ func TestStress(t *testing.T) {
 				if !bytes.Equal(b.Bytes(), content(i)) {
 					errs <- fmt.Errorf("block %d: wrong content", i)
 				}
-				if held := c.Stats().BytesHeld; held > capacity*testBlock+testBlock {
-					errs <- fmt.Errorf("held %d bytes, bound %d plus one block", held, capacity*testBlock)
+				if st := c.Stats(); st.BytesHeld+st.BytesSpare > capacity*testBlock+testBlock {
+					errs <- fmt.Errorf("held %d and spare %d bytes, bound %d plus one block", st.BytesHeld, st.BytesSpare, capacity*testBlock)
 				}
 				b.Release()
 			}
@@ -546,5 +547,40 @@ func TestReadStreamAt(t *testing.T) {
 		if err != nil || n != tc.want || !bytes.Equal(p[:n], stream[tc.off:tc.off+int64(n)]) {
 			t.Errorf("ReadStreamAt(off %d, len %d) = %d, %v; want %d bytes of the stream", tc.off, tc.n, n, err, tc.want)
 		}
+	}
+}
+
+// TestChurnReusesBuffers: once full, a cache evicting one block for every new one reuses the
+// evicted buffers instead of allocating new ones.
+func TestChurnReusesBuffers(t *testing.T) {
+	c := newCache(t, 4)
+	f := FillerFunc(func(_ context.Context, k layer.BlockKey, buf []byte) (int, error) {
+		for j := range buf {
+			buf[j] = byte(k.Index + j)
+		}
+		return len(buf), nil
+	})
+	get := func(i int) {
+		b, err := c.Get(context.Background(), key(i), f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Release()
+	}
+	for i := range 8 {
+		get(i)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const misses = 200
+	for i := 8; i < 8+misses; i++ {
+		get(i)
+	}
+	runtime.ReadMemStats(&after)
+	if perMiss := (after.TotalAlloc - before.TotalAlloc) / misses; perMiss >= testBlock/2 {
+		t.Fatalf("%d bytes allocated per miss: buffers are not reused", perMiss)
+	}
+	if st := c.Stats(); st.BytesHeld+st.BytesSpare > 4*testBlock {
+		t.Fatalf("held %d + spare %d bytes over the %d-byte bound", st.BytesHeld, st.BytesSpare, 4*testBlock)
 	}
 }

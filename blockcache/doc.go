@@ -28,9 +28,11 @@
 //
 // # The bound
 //
-// Bytes held count every block buffer the cache owns: resident, in flight, and removed but
-// still pinned. Before a fill starts, the cache makes room for one more buffer by evicting the
+// Bytes held count every block buffer in use: resident, in flight, and removed but still
+// pinned. Before a fill starts, the cache makes room for one more buffer by evicting the
 // oldest unpinned resident blocks (FIFO); when everything left is pinned or in flight, the fill
-// waits for a release. So bytes held never exceed max(limit, block size): the bound plus at
-// most one block.
+// waits for a release. Buffers no longer in use are kept as spares for the next fills while
+// held and spare bytes together fit the bound, so a cache under churn allocates nothing. Held
+// and spare bytes together never exceed max(limit, block size): the bound plus at most one
+// block.
 package blockcache
