@@ -54,9 +54,9 @@ type Cache struct {
 
 	mu        sync.Mutex
 	entries   map[layer.BlockKey]*entry
-	fifo      entryList // resident entries, oldest first
-	held      int64    // bytes of buffers in use
-	spare     [][]byte // buffers no longer in use, reused by the next fills
+	fifo      entryList     // resident entries, oldest first
+	held      int64         // bytes of buffers in use
+	spare     [][]byte      // buffers no longer in use, reused by the next fills
 	roomWaits int           // goroutines waiting for room
 	room      chan struct{} // closed and replaced when room may have been freed
 	closed    bool
