@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -24,8 +23,8 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
-	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
 
@@ -42,9 +41,9 @@ func newDemoCommand() *cobra.Command {
 		Short: "Run the block pipeline end to end on a generated image, with nothing to set up",
 		Long: `Starts an in-process OCI registry on loopback, pushes a generated three-layer image to it,
 resolves the image with the registry client, streams every layer through the seed's single
-pass (decompress, cut into blocks, digest, index) into the in-memory block cache, then reads
-every file of every layer back through the cache and checks it against the bytes it was made
-from.`,
+pass (decompress, cut into blocks, digest, index) into the in-memory block cache and a
+verified stream file, then reads every file of every layer back through the cache and checks
+it against the bytes it was made from.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), o)
@@ -94,26 +93,37 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
 		return err
 	}
 	defer cache.Close()
+	dir, err := os.MkdirTemp("", "p2pctl-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	store, err := seed.New(dir, cache, progressOpener{client})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
 
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "LAYER\tBLOB\tTAR\tBLOCKS\tFILES\tPASS\tRATE")
-	indexes := make([]*layer.Index, len(img.Layers))
+	seeded := make([]*seed.Layer, len(img.Layers))
 	var total int64
 	var totalTime time.Duration
 	for i, l := range img.Layers {
 		t0 := time.Now()
-		x, err := seedLayer(ctx, client, img, l, cache, o.blockSize, out)
+		sl, err := store.Layer(ctx, seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID})
 		if err != nil {
 			return fmt.Errorf("layer %d: %w", i+1, err)
 		}
 		d := time.Since(t0)
-		indexes[i], total, totalTime = x, total+x.Blocks.Size, totalTime+d
+		x := sl.Index
+		seeded[i], total, totalTime = sl, total+x.Blocks.Size, totalTime+d
 		fmt.Fprintf(tw, "%d %s\t%s\t%s\t%d\t%d\t%s\t%.0f MB/s\n", i+1, short(l.DiffID.Encoded()), mb(l.Descriptor.Size),
 			mb(x.Blocks.Size), x.Blocks.Count(), len(x.Entries), d.Round(time.Millisecond), float64(x.Blocks.Size)/1e6/d.Seconds())
 	}
 	tw.Flush()
 
-	files, bytesRead, readTime, err := verifyFiles(ctx, cache, indexes, layers)
+	files, bytesRead, readTime, err := verifyFiles(ctx, seeded, layers)
 	if err != nil {
 		return err
 	}
@@ -190,60 +200,37 @@ func pushImage(ref string, layers []demoLayer) error {
 	return nil
 }
 
-// cacheSink puts each block of a layer into the cache as the streaming pass completes it,
-// where readers waiting for it wake at once.
-type cacheSink struct {
-	cache *blockcache.Cache
-	task  layer.TaskID
-}
+// progressOpener shows a progress bar while a blob downloads.
+type progressOpener struct{ blobs seed.BlobOpener }
 
-func (s cacheSink) WriteBlock(ctx context.Context, i int, data []byte, _ layer.BlockDigest) error {
-	w, err := s.cache.Begin(ctx, layer.BlockKey{Task: s.task, Index: i})
-	if errors.Is(err, blockcache.ErrInFlight) {
-		return nil // the block is already there
-	}
-	if err != nil {
-		return err
-	}
-	return w.Commit(copy(w.Buffer(), data))
-}
-
-func seedLayer(ctx context.Context, client *registry.Client, img *registry.Image, l registry.Layer, cache *blockcache.Cache, blockSize int, progressOut io.Writer) (*layer.Index, error) {
-	blob, err := client.OpenBlob(ctx, img.Host, img.Repository, l.Descriptor)
+func (p progressOpener) OpenBlob(ctx context.Context, host, repository string, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	rc, err := p.blobs.OpenBlob(ctx, host, repository, desc)
 	if err != nil {
 		return nil, err
 	}
-	defer blob.Close()
-	p := newProgress(os.Stderr, "seeding "+short(l.DiffID.Encoded()), l.Descriptor.Size)
-	defer p.done()
-	task := layer.TaskIDFromDigest(l.DiffID)
-	x, err := ingest.Build(ctx, p.reader(blob), ingest.Options{
-		BlockSize: int64(blockSize),
-		DiffID:    l.DiffID,
-		Sink:      cacheSink{cache: cache, task: task},
-	})
-	if err != nil {
-		// Blocks of a stream that failed verification must not stay readable.
-		for i := 0; ; i++ {
-			if !cache.Remove(layer.BlockKey{Task: task, Index: i}) {
-				break
-			}
-		}
-		return nil, err
-	}
-	return x, nil
+	bar := newProgress(os.Stderr, "seeding "+short(desc.Digest.Encoded()), desc.Size)
+	return progressReadCloser{Reader: bar.reader(rc), rc: rc, bar: bar}, nil
+}
+
+type progressReadCloser struct {
+	io.Reader
+	rc  io.Closer
+	bar *progress
+}
+
+func (p progressReadCloser) Close() error {
+	p.bar.done()
+	return p.rc.Close()
 }
 
 // verifyFiles reads every regular file of every layer through the block cache and compares it
 // with the file the layer was made from.
-func verifyFiles(ctx context.Context, cache *blockcache.Cache, indexes []*layer.Index, layers []demoLayer) (int, int64, time.Duration, error) {
-	noRefetch := blockcache.FillerFunc(func(context.Context, layer.BlockKey, []byte) (int, error) {
-		return 0, errors.New("block evicted: refetching it needs the P2P network; raise --cache-size")
-	})
+func verifyFiles(ctx context.Context, seeded []*seed.Layer, layers []demoLayer) (int, int64, time.Duration, error) {
 	var files int
 	var total int64
 	start := time.Now()
-	for i, x := range indexes {
+	for i, sl := range seeded {
+		x := sl.Index
 		want := map[string][32]byte{}
 		for _, f := range layers[i].files {
 			if n, err := layer.CleanName(f.Header.Name); err == nil && len(f.Data) > 0 {
@@ -259,7 +246,7 @@ func verifyFiles(ctx context.Context, cache *blockcache.Cache, indexes []*layer.
 				continue
 			}
 			buf := make([]byte, e.Size)
-			if n, err := cache.ReadStreamAt(ctx, x.Task(), noRefetch, buf, e.Offset); err != nil || int64(n) != e.Size {
+			if n, err := sl.ReadStreamAt(ctx, buf, e.Offset); err != nil || int64(n) != e.Size {
 				return 0, 0, 0, fmt.Errorf("read %s: %d of %d bytes: %w", x.Entries[j].Name, n, e.Size, err)
 			}
 			if sum, ok := want[e.Name]; !ok || sum != sha256.Sum256(buf) {
