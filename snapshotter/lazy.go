@@ -13,7 +13,7 @@ import (
 
 // prepareLazy mounts the layer of target lazily and commits it. It returns nil when target
 // exists afterwards, committed by this call or by a concurrent one.
-func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) (retErr error) {
+func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) error {
 	if _, err := s.Snapshotter.Stat(ctx, target); err == nil {
 		return nil
 	}
