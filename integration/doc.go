@@ -9,10 +9,14 @@
 //     against them, and tears everything down (processes, mounts, directories) even when a
 //     test fails or a run was killed.
 //   - e2e: the end-to-end tests on it: pull and run with the p2p snapshotter and, as the
-//     baseline, containerd's overlayfs; snapshots removed with the image; a daemon restart
-//     under a running containerd.
+//     baseline, containerd's overlayfs; lazy pulls through the daemon's registry mirror
+//     (public and token-auth registries); fallback; daemon restarts under running
+//     containers; filesystem equivalence with overlayfs; bounded memory.
 //   - buildtools: `go run ./integration/buildtools` builds containerdenv's tools ahead of
 //     the tests (CI does, so the builds do not count against a test timeout).
-//   - ingestbench and other main packages: benchmarks, run with `go run` or through the
-//     Makefile's bench target, each printing a table ready for docs/benchmarks.md.
+//   - ingestbench: the streaming pass against gzip -dc. lazybench: nerdctl pull + run behind
+//     a 100 Mbit/s link (a registry in a network namespace with tbf), p2p against overlayfs
+//     and stargz-snapshotter. stargzd: the stargz comparison daemon, a module of its own so
+//     that our go.mod does not carry stargz's dependencies. Each benchmark prints a table
+//     ready for docs/benchmarks.md.
 package integration

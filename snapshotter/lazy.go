@@ -14,7 +14,10 @@ import (
 // prepareLazy mounts the layer of target lazily and commits it. It returns nil when target
 // exists afterwards, committed by this call or by a concurrent one.
 func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target string, labels map[string]string, opts []snapshots.Opt) error {
-	if _, err := s.Snapshotter.Stat(ctx, target); err == nil {
+	if info, err := s.Snapshotter.Stat(ctx, target); err == nil {
+		if info.Labels[LabelRemote] == "p2p" {
+			s.ensureMounted(ctx, info, labels)
+		}
 		return nil
 	}
 	src, err := s.resolver.ResolveLayer(ctx, target, labels)
@@ -56,6 +59,28 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target strin
 	committed = true
 	log.G(ctx).WithFields(log.Fields{"target": target, "diffID": src.DiffID}).Info("mounted layer lazily")
 	return nil
+}
+
+// ensureMounted makes sure the layer of a committed lazy snapshot is mounted before it is
+// handed out again: from the layers stored on this node, or, if that fails (the mount at start
+// failed, the stored layer is gone), by fetching the layer again.
+func (s *Snapshotter) ensureMounted(ctx context.Context, info snapshots.Info, labels map[string]string) {
+	dir, diffID := info.Labels[upperdirLabel], digest.Digest(info.Labels[LabelDiffID])
+	err := s.layers.Restore(ctx, dir, diffID)
+	if err == nil {
+		return
+	}
+	entry := log.G(ctx).WithFields(log.Fields{"snapshot": info.Name, "diffID": diffID})
+	src, rerr := s.resolver.ResolveLayer(ctx, info.Name, labels)
+	if rerr == nil && src.DiffID == diffID {
+		lctx, cancel := context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+		if err = s.layers.Mount(lctx, dir, src); err == nil {
+			entry.Info("lazily mounted layer fetched and mounted again")
+			return
+		}
+	}
+	entry.WithError(err).Error("lazily mounted layer is not mounted and cannot be fetched again; containers on it will miss its files")
 }
 
 func (s *Snapshotter) upperdir(ctx context.Context, key string) (string, error) {

@@ -28,6 +28,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sys/unix"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
@@ -191,6 +192,31 @@ func TestLazyLayersAsContainerdUnpacksThem(t *testing.T) {
 	if got := env.blobGets.Load(); got != 2 {
 		t.Fatalf("%d blob GETs, want one per layer", got)
 	}
+
+	// A layer whose mount went away (unmounted by someone else) is mounted again when
+	// containerd prepares it again.
+	base, err := sn.Snapshotter.Stat(ctx, env.image.Layers[0].ChainID.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Unmount(base.Labels[upperdirLabel], unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := sn.Prepare(ctx, "extract-again", "", snapshots.WithLabels(env.labels(0)))
+		if !errdefs.IsAlreadyExists(err) {
+			t.Fatalf("Prepare of a committed layer: %v", err)
+		}
+		if _, err := os.Stat(filepath.Join(base.Labels[upperdirLabel], "etc", "hostname")); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the layer was not mounted again")
+		}
+		time.Sleep(10 * time.Millisecond) // until the mounter has seen its mount go
+	}
+	checkRootfs(t, ctx, sn, parent, env.big)
 
 	// Restart of everything, FUSE servers included: the layers are mounted again from what
 	// this node stored.

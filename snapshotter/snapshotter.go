@@ -104,6 +104,9 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		if err == nil {
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err() // the caller went away: nobody wants the fallback
+		}
 		entry := log.G(ctx).WithFields(log.Fields{"key": key, "target": target})
 		if errdefs.IsNotFound(err) {
 			entry.WithError(err).Debug("layer source unknown; unpacking normally")

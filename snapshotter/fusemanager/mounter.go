@@ -89,8 +89,20 @@ func (m *Mounter) mount(ctx context.Context, dir string, l *seed.Layer) error {
 		return fmt.Errorf("mount layer %s at %s: %w", l.Index.DiffID, dir, err)
 	}
 	m.mounts[dir] = mounted{fs: fs, diffID: l.Index.DiffID}
+	go m.forgetWhenGone(dir, fs)
 	log.G(ctx).WithFields(log.Fields{"dir": dir, "diffID": l.Index.DiffID}).Debug("layer mounted")
 	return nil
+}
+
+// forgetWhenGone drops the record of a mount once it is gone, whoever unmounted it, so that a
+// later Mount or Restore mounts the layer again.
+func (m *Mounter) forgetWhenGone(dir string, fs *layerfs.Mounted) {
+	fs.Wait()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.mounts[dir]; ok && cur.fs == fs {
+		delete(m.mounts, dir)
+	}
 }
 
 // Unmount unmounts the layer at dir. If something still uses it, it is detached and goes when
