@@ -110,13 +110,6 @@ func TestFilesystemEquivalence(t *testing.T) {
 // so that the list is emptied as the bugs are fixed. Each must match a line of compareTrees
 // exactly.
 var knownDifferences = []struct{ diff, bug string }{
-	// layertest.EveryType's bin/tool-hardlink has a header of owner 0:0 and mtime epoch,
-	// its target bin/tool 1000:1000 and epoch+1h. containerd's unpacker (and Docker's) applies
-	// every header's owner, mode, xattrs and times to the file it creates, the shared inode
-	// of a hardlink included, so the last header of an inode wins; the layer index keeps the
-	// target's. (Layer 2 replaces bin/tool, so only the hardlink shows layer 1's inode.)
-	{"bin/tool-hardlink: owner 1000:1000, want 0:0", hardlinkHeaderBug},
-	{"bin/tool-hardlink: mtime 2024-05-17T11:30:00Z, want 2024-05-17T10:30:00Z", hardlinkHeaderBug},
 	// Layer 3 holds l2/.wh.extra but no l2/ entry. containerd creates a missing parent with
 	// the mode, owner, times and xattrs of the same directory in the layers below
 	// (archive.WithParents: mkparent's copyDirInfo and copyUpXAttrs); the layer index makes
@@ -125,16 +118,10 @@ var knownDifferences = []struct{ diff, bug string }{
 	{"l2: mode 0755, want 0751", implicitParentBug},
 	{"l2: owner 0:0, want 1000:1000", implicitParentBug},
 	{`l2: user xattrs map[], want map["user.dir":"layer 2"]`, implicitParentBug},
-	// layerfs marks an opaque directory with trusted.overlay.opaque and user.overlay.opaque.
-	// containerd mounts overlayfs without userxattr, so user.overlay.* is not overlayfs's own
-	// metadata there and shows through to the container as an xattr of the directory.
-	{`var/cache: user xattrs map["user.overlay.opaque":"y"], want map[]`, opaqueXattrBug},
 }
 
 const (
-	hardlinkHeaderBug = "layer/ingest: a hardlink header's owner, mode, mtime and xattrs are ignored; containerd applies them to the shared inode"
 	implicitParentBug = "layer/ingest, layerfs: a directory a layer leaves implicit is 0755 root:root; containerd copies it from the layers below"
-	opaqueXattrBug    = "snapshotter/layerfs: user.overlay.opaque on opaque directories is visible in containers"
 )
 
 // splitKnown separates the differences listed in knownDifferences from the others.

@@ -310,6 +310,28 @@ func TestLaterEntriesReplaceEarlierOnes(t *testing.T) {
 	}
 }
 
+// TestHardlinkHeaderSetsTheSharedInode: as containerd's unpacker does, a hardlink's header
+// sets the owner, mode, time and xattrs of the inode it shares with its target.
+func TestHardlinkHeaderSetsTheSharedInode(t *testing.T) {
+	later := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	raw := mustTar(t, []layertest.File{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "f", Mode: 0o644, Uid: 1, Gid: 1, Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.a": "1"}}, Data: []byte("data")},
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "l", Linkname: "f", Mode: 0o600, Uid: 7, Gid: 8, ModTime: later, Format: tar.FormatPAX,
+			PAXRecords: map[string]string{"SCHILY.xattr.user.b": "2"}}},
+	})
+	x, _ := build(t, raw)
+	l, _ := x.Lookup("l")
+	f, err := x.Resolve(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Name != "f" || f.Mode != 0o600 || f.UID != 7 || f.GID != 8 || f.ModTimeSec != later.Unix() ||
+		f.Xattrs["user.a"] != "1" || f.Xattrs["user.b"] != "2" {
+		t.Fatalf("shared inode: %+v", f)
+	}
+}
+
 func FuzzBuild(f *testing.F) {
 	// Small seeds: the fuzzer minimizes every new interesting input, which takes long on the
 	// full test layer's 80 KB.

@@ -83,6 +83,7 @@ func (b *indexBuilder) add(hdr *tar.Header, dataOffset int64) error {
 		if t := &b.list[i]; t.Type == layer.TypeHardlink {
 			e.Linkname = t.Linkname
 		}
+		b.applyLinkHeader(b.byName[e.Linkname], &e)
 	}
 	if name == layer.RootName {
 		if e.Type != layer.TypeDir {
@@ -119,6 +120,24 @@ func (b *indexBuilder) addWhiteout(name, base string, hdr *tar.Header) error {
 	setTime(&e, hdr)
 	b.replace(path.Join(dir, hidden), e)
 	return nil
+}
+
+// applyLinkHeader gives the inode a hardlink shares the owner, mode, times and xattrs of the
+// hardlink's header, as containerd's (and Docker's) unpacker does: it applies every header to
+// the file it creates, so the last header naming an inode sets its attributes.
+func (b *indexBuilder) applyLinkHeader(target int, link *layer.Entry) {
+	t := &b.list[target]
+	if t.Type != layer.TypeSymlink { // chmod would follow the symlink
+		t.Mode = link.Mode
+	}
+	t.UID, t.GID = link.UID, link.GID
+	t.ModTimeSec, t.ModTimeNsec = link.ModTimeSec, link.ModTimeNsec
+	for k, v := range link.Xattrs {
+		if t.Xattrs == nil {
+			t.Xattrs = make(map[string]string)
+		}
+		t.Xattrs[k] = v
+	}
 }
 
 func entryFromHeader(name string, hdr *tar.Header, dataOffset int64) (layer.Entry, error) {

@@ -119,7 +119,9 @@ func EveryType() []File {
 		reg("home/user/big.bin", 0o644, Pattern(2, 70_000)),
 		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/sh", Linkname: "tool", Uid: 0, Gid: 0, ModTime: epoch, Format: tar.FormatPAX}},
 		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "etc/abs-link", Linkname: "/etc/hostname", ModTime: epoch, Format: tar.FormatPAX}},
-		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "bin/tool-hardlink", Linkname: "bin/tool", Mode: 0o4755, ModTime: epoch, Format: tar.FormatPAX}},
+		// The same owner, mode and time as its target: GNU tar keeps the target's, containerd
+		// applies the link's header to the shared inode, and here both agree.
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "bin/tool-hardlink", Linkname: "bin/tool", Mode: 0o4755, Uid: 1000, Gid: 1000, ModTime: epoch.Add(time.Hour), Format: tar.FormatPAX}},
 		dir("dev/", 0o755, 0),
 		{Header: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: epoch, Format: tar.FormatPAX}},
 		{Header: tar.Header{Typeflag: tar.TypeBlock, Name: "dev/loop7", Mode: 0o660, Gid: 6, Devmajor: 7, Devminor: 7, ModTime: epoch, Format: tar.FormatPAX}},

@@ -53,7 +53,12 @@ type config struct {
 	entryTimeout time.Duration
 	attrTimeout  time.Duration
 	debug        bool
+	userXattr    bool
 }
+
+// WithUserXattr marks opaque directories with user.overlay.opaque instead of
+// trusted.overlay.opaque, for overlayfs mounted with the userxattr option (rootless).
+func WithUserXattr() Option { return func(c *config) { c.userXattr = true } }
 
 // WithMaxRead sets the largest read request the kernel sends, in bytes (default
 // DefaultMaxRead, 1 MiB, the kernel's limit). It is rounded down to whole pages and kept in
@@ -108,7 +113,7 @@ func newConfig(ctx context.Context, opts []Option) config {
 // number is RootIno, which is also go-fuse's default for the root.
 func NewRoot(x *layer.Index, r StreamReader, opts ...Option) (fs.InodeEmbedder, error) {
 	c := newConfig(context.Background(), opts)
-	t, err := newTree(x, r, c.logger)
+	t, err := newTree(x, r, c.logger, c.userXattr)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", x.DiffID, err)
 	}
@@ -139,7 +144,7 @@ func Mount(ctx context.Context, dir string, x *layer.Index, r StreamReader, opts
 	}
 	c := newConfig(ctx, opts)
 	logger := c.logger.WithField("mountpoint", dir)
-	t, err := newTree(x, r, logger)
+	t, err := newTree(x, r, logger, c.userXattr)
 	if err != nil {
 		return nil, fmt.Errorf("mount layer %s at %s: %w", x.DiffID, dir, err)
 	}

@@ -67,7 +67,7 @@ func TestMountShowsTheIndex(t *testing.T) {
 
 	layertest.CompareTree(t, dir, x, stream, layertest.CompareOptions{
 		Whiteouts:    layertest.WhiteoutOverlay,
-		OpaqueXattrs: []string{"trusted.overlay.opaque", "user.overlay.opaque"},
+		OpaqueXattrs: []string{"trusted.overlay.opaque"},
 	})
 
 	// Inode numbers are stable: entry index + 1, a hardlink's that of its target.
@@ -124,7 +124,7 @@ func TestCompareTreeCatchesDifferences(t *testing.T) {
 			rec := &recorder{TB: t}
 			layertest.CompareTree(rec, dir, y, s, layertest.CompareOptions{
 				Whiteouts:    layertest.WhiteoutOverlay,
-				OpaqueXattrs: []string{"trusted.overlay.opaque", "user.overlay.opaque"},
+				OpaqueXattrs: []string{"trusted.overlay.opaque"},
 			})
 			if !strings.Contains(strings.Join(rec.errs, "\n"), tt.want) {
 				t.Errorf("got errors %q; want one about %q", rec.errs, tt.want)

@@ -17,14 +17,20 @@ import (
 // directory, as a container's rootfs is: the layer's whiteout hides a lower file, its opaque
 // directory hides a lower directory's contents, its files read through the overlay, and a
 // write copies a file up with its xattrs. overlayfs reads the opaque mark from
-// trusted.overlay.opaque, or from user.overlay.opaque with the userxattr option: both work.
+// trusted.overlay.opaque, or from user.overlay.opaque with the userxattr option and a layer
+// mounted WithUserXattr: both work.
 func TestOverlayOnTop(t *testing.T) {
-	x, stream, fuseDir, _ := everyTypeMount(t)
-	for _, tt := range []struct{ name, opts string }{
-		{"trusted xattrs", ""},
-		{"userxattr", ",userxattr"},
+	for _, tt := range []struct {
+		name, opts string
+		layerOpts  []Option
+	}{
+		{"trusted xattrs", "", nil},
+		{"userxattr", ",userxattr", []Option{WithUserXattr()}},
 	} {
-		t.Run(tt.name, func(t *testing.T) { testOverlay(t, x, stream, fuseDir, tt.opts) })
+		t.Run(tt.name, func(t *testing.T) {
+			x, stream, fuseDir, _ := everyTypeMount(t, tt.layerOpts...)
+			testOverlay(t, x, stream, fuseDir, tt.opts)
+		})
 	}
 }
 

@@ -19,7 +19,9 @@ import (
 const RootIno = 1
 
 // The xattrs that mark an opaque directory: overlayfs reads the trusted one, or the user one
-// when mounted with the userxattr option.
+// when mounted with the userxattr option (WithUserXattr). Only the one overlayfs reads is
+// shown: overlayfs hides trusted.overlay.* from containers, but not user.overlay.* unless
+// mounted with userxattr.
 const (
 	opaqueXattr     = "trusted.overlay.opaque"
 	userOpaqueXattr = "user.overlay.opaque"
@@ -35,18 +37,24 @@ type tree struct {
 	r   StreamReader
 	log *log.Entry
 
+	opaqueXattr string // the xattr that marks an opaque directory
+
 	root  *layer.Entry
 	pos   map[*layer.Entry]int // an entry's place in x.Entries; its inode number is pos+1
 	nlink []uint32             // by place: the names of a file, 2 + subdirectories of a dir
 }
 
-func newTree(x *layer.Index, r StreamReader, logger *log.Entry) (*tree, error) {
+func newTree(x *layer.Index, r StreamReader, logger *log.Entry, userXattr bool) (*tree, error) {
 	t := &tree{
-		x:     x,
-		r:     r,
-		log:   logger.WithField("layer", x.DiffID.String()),
-		pos:   make(map[*layer.Entry]int, len(x.Entries)),
-		nlink: make([]uint32, len(x.Entries)),
+		x:           x,
+		r:           r,
+		opaqueXattr: opaqueXattr,
+		log:         logger.WithField("layer", x.DiffID.String()),
+		pos:         make(map[*layer.Entry]int, len(x.Entries)),
+		nlink:       make([]uint32, len(x.Entries)),
+	}
+	if userXattr {
+		t.opaqueXattr = userOpaqueXattr
 	}
 	for i := range x.Entries {
 		t.pos[&x.Entries[i]] = i
@@ -157,7 +165,7 @@ func overlayPrivate(name string) bool {
 // xattr returns the value of the extended attribute name of entry e.
 func (t *tree) xattr(e *layer.Entry, name string) (string, bool) {
 	if overlayPrivate(name) {
-		if e.Opaque && (name == opaqueXattr || name == userOpaqueXattr) {
+		if e.Opaque && name == t.opaqueXattr {
 			return "y", true
 		}
 		return "", false
@@ -171,7 +179,7 @@ func (t *tree) xattr(e *layer.Entry, name string) (string, bool) {
 func (t *tree) xattrList(e *layer.Entry) []byte {
 	var b []byte
 	if e.Opaque {
-		b = append(b, opaqueXattr+"\x00"+userOpaqueXattr+"\x00"...)
+		b = append(append(b, t.opaqueXattr...), 0)
 	}
 	keys := make([]string, 0, len(e.Xattrs))
 	for k := range e.Xattrs {
