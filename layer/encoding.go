@@ -17,7 +17,7 @@ import (
 //
 // An entry is:
 //
-//	type byte | flags byte (1: opaque, 2: has xattrs)
+//	type byte | flags byte (1: opaque, 2: has xattrs, 4: implicit directory)
 //	name as (length of the prefix shared with the previous name, suffix string)
 //	mode | uid | gid | mtime seconds (signed varint) | mtime nanoseconds
 //	regular: size, offset · symlink, hardlink: linkname · char, block: major, minor
@@ -31,6 +31,7 @@ const (
 
 	flagOpaque    = 1
 	flagHasXattrs = 2
+	flagImplicit  = 4
 
 	// maxStringLen bounds one decoded string (a name, link target or xattr value).
 	maxStringLen = 1 << 20
@@ -65,6 +66,9 @@ func (x *Index) Marshal() ([]byte, error) {
 		}
 		if len(e.Xattrs) > 0 {
 			flags |= flagHasXattrs
+		}
+		if e.Implicit {
+			flags |= flagImplicit
 		}
 		w.buf = append(w.buf, byte(e.Type), flags)
 		shared := commonPrefix(prev, e.Name)
@@ -167,6 +171,7 @@ func decode(data []byte) (*Index, error) {
 		e.ModTimeSec = r.varint()
 		e.ModTimeNsec = r.uint32()
 		e.Opaque = flags&flagOpaque != 0
+		e.Implicit = flags&flagImplicit != 0
 		switch e.Type {
 		case TypeRegular:
 			e.Size = r.int64()
@@ -177,7 +182,7 @@ func decode(data []byte) (*Index, error) {
 			e.DevMajor = r.uint32()
 			e.DevMinor = r.uint32()
 		}
-		if flags&^(flagOpaque|flagHasXattrs) != 0 {
+		if flags&^(flagOpaque|flagHasXattrs|flagImplicit) != 0 {
 			return nil, fmt.Errorf("entry %d: unknown flags %#x", i, flags)
 		}
 		if flags&flagHasXattrs != 0 {

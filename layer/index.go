@@ -69,6 +69,10 @@ type Entry struct {
 	Xattrs map[string]string
 	// Opaque marks a directory whose lower-layer contents are hidden (".wh..wh..opq").
 	Opaque bool
+	// Implicit marks a directory the layer does not list but holds entries of. Extraction
+	// creates it with the attributes of the same directory in the layers below (mode 0755,
+	// owner root when there is none): the mode, owner and times here are those defaults.
+	Implicit bool
 }
 
 // Index is the table of blocks of a layer's uncompressed stream and the files in it.
@@ -218,6 +222,9 @@ func (x *Index) validateEntry(e *Entry, seen map[string]EntryType) error {
 	}
 	if e.Opaque && e.Type != TypeDir {
 		return errors.New("opaque flag on a non-directory")
+	}
+	if e.Implicit && e.Type != TypeDir {
+		return errors.New("implicit flag on a non-directory")
 	}
 	switch e.Type {
 	case TypeRegular:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"slices"
 
 	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/errdefs"
@@ -39,9 +40,13 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target strin
 	if err != nil {
 		return err
 	}
+	lowers, err := s.lowerDirs(ctx, parent)
+	if err != nil {
+		return err
+	}
 	lctx, cancel := context.WithTimeout(ctx, s.timeout)
 	defer cancel()
-	if err := s.layers.Mount(lctx, dir, src); err != nil {
+	if err := s.layers.Mount(lctx, dir, src, lowers); err != nil {
 		return fmt.Errorf("layer %s: %w", src.DiffID, err)
 	}
 	commitLabels := maps.Clone(labels)
@@ -66,7 +71,10 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target strin
 // failed, the stored layer is gone), by fetching the layer again.
 func (s *Snapshotter) ensureMounted(ctx context.Context, info snapshots.Info, labels map[string]string) {
 	dir, diffID := info.Labels[upperdirLabel], digest.Digest(info.Labels[LabelDiffID])
-	err := s.layers.Restore(ctx, dir, diffID)
+	lowers, err := s.lowerDirs(ctx, info.Parent)
+	if err == nil {
+		err = s.layers.Restore(ctx, dir, diffID, lowers)
+	}
 	if err == nil {
 		return
 	}
@@ -75,12 +83,26 @@ func (s *Snapshotter) ensureMounted(ctx context.Context, info snapshots.Info, la
 	if rerr == nil && src.DiffID == diffID {
 		lctx, cancel := context.WithTimeout(ctx, s.timeout)
 		defer cancel()
-		if err = s.layers.Mount(lctx, dir, src); err == nil {
+		if err = s.layers.Mount(lctx, dir, src, lowers); err == nil {
 			entry.Info("lazily mounted layer fetched and mounted again")
 			return
 		}
 	}
 	entry.WithError(err).Error("lazily mounted layer is not mounted and cannot be fetched again; containers on it will miss its files")
+}
+
+// lowerDirs returns the directories of parent and its ancestors, parent first.
+func (s *Snapshotter) lowerDirs(ctx context.Context, parent string) ([]string, error) {
+	var dirs []string
+	for p := parent; p != ""; {
+		info, err := s.Snapshotter.Stat(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("parent %s: %w", p, err)
+		}
+		dirs = append(dirs, info.Labels[upperdirLabel])
+		p = info.Parent
+	}
+	return dirs, nil
 }
 
 func (s *Snapshotter) upperdir(ctx context.Context, key string) (string, error) {
@@ -98,7 +120,9 @@ func (s *Snapshotter) upperdir(ctx context.Context, key string) (string, error) 
 // restoreMounts mounts again, after a restart, every lazily mounted layer committed before.
 func (s *Snapshotter) restoreMounts(ctx context.Context) error {
 	var remote []snapshots.Info
+	parents := map[string]string{}
 	if err := s.Snapshotter.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		parents[info.Name] = info.Parent
 		if info.Labels[LabelRemote] == "p2p" && info.Kind == snapshots.KindCommitted {
 			remote = append(remote, info)
 		}
@@ -106,12 +130,26 @@ func (s *Snapshotter) restoreMounts(ctx context.Context) error {
 	}); err != nil && !errdefs.IsNotFound(err) { // a new store has no snapshots bucket yet
 		return fmt.Errorf("list snapshots: %w", err)
 	}
+	// Parents first: a layer's implicit directories take their attributes from the layers
+	// below, which must be mounted by then.
+	depth := func(name string) int {
+		n := 0
+		for p := parents[name]; p != ""; p = parents[p] {
+			n++
+		}
+		return n
+	}
+	slices.SortFunc(remote, func(a, b snapshots.Info) int { return depth(a.Name) - depth(b.Name) })
 	if len(remote) > 0 && s.layers == nil {
 		return fmt.Errorf("%d snapshots are lazily mounted layers, but lazy layers are disabled", len(remote))
 	}
 	for _, info := range remote {
 		diffID := digest.Digest(info.Labels[LabelDiffID])
-		if err := s.layers.Restore(ctx, info.Labels[upperdirLabel], diffID); err != nil {
+		lowers, err := s.lowerDirs(ctx, info.Parent)
+		if err == nil {
+			err = s.layers.Restore(ctx, info.Labels[upperdirLabel], diffID, lowers)
+		}
+		if err != nil {
 			// The snapshot stays; containers on it fail to read, and removing the image
 			// removes it.
 			log.G(ctx).WithError(err).WithFields(log.Fields{"snapshot": info.Name, "diffID": diffID}).Error("cannot mount lazily mounted layer again")

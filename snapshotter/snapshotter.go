@@ -44,10 +44,11 @@ type Snapshotter struct {
 // satisfy it. Each method is idempotent.
 type LayerMounter interface {
 	// Mount mounts the layer src names at dir, fetching it first if this node does not
-	// hold it.
-	Mount(ctx context.Context, dir string, src seed.Source) error
+	// hold it. lowerDirs are the directories of the snapshots below, parent first: a
+	// directory the layer leaves implicit takes its attributes from them.
+	Mount(ctx context.Context, dir string, src seed.Source, lowerDirs []string) error
 	// Restore makes sure the stored layer diffID is mounted at dir, as after a restart.
-	Restore(ctx context.Context, dir string, diffID digest.Digest) error
+	Restore(ctx context.Context, dir string, diffID digest.Digest, lowerDirs []string) error
 	// Unmount unmounts the layer at dir.
 	Unmount(ctx context.Context, dir string) error
 }

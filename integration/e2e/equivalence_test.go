@@ -84,61 +84,11 @@ func TestFilesystemEquivalence(t *testing.T) {
 	if len(want) < 100 {
 		t.Fatalf("the overlayfs view holds %d paths: not the image", len(want))
 	}
-	diffs, known := splitKnown(compareTrees(got, want))
-	if len(diffs) > 0 {
+	if diffs := compareTrees(got, want); len(diffs) > 0 {
 		t.Errorf("the p2p view differs from the overlayfs view (got p2p, want overlayfs):\n%s", strings.Join(diffs, "\n"))
+	} else {
+		t.Logf("%d paths compared: p2p and overlayfs agree", len(want))
 	}
-	strict := os.Getenv("P2P_EQUIVALENCE_STRICT") != ""
-	for _, k := range knownDifferences {
-		switch {
-		case !known[k.diff]:
-			t.Errorf("known difference no longer seen (fixed? then remove it from knownDifferences): %s", k.diff)
-		case strict:
-			t.Errorf("known difference (%s): %s", k.bug, k.diff)
-		default:
-			t.Logf("KNOWN DIFFERENCE, not failing the test (P2P_EQUIVALENCE_STRICT=1 does): %s\n\t%s", k.diff, k.bug)
-		}
-	}
-	if len(diffs) == 0 {
-		t.Logf("%d paths compared: p2p and overlayfs agree but for %d known differences", len(want), len(knownDifferences))
-	}
-}
-
-// knownDifferences are differences of the p2p view from overlayfs's that this image shows
-// and that are bugs of the daemon, reported and not yet fixed. The test logs them instead of
-// failing (with $P2P_EQUIVALENCE_STRICT set it fails), and fails when one is no longer seen,
-// so that the list is emptied as the bugs are fixed. Each must match a line of compareTrees
-// exactly.
-var knownDifferences = []struct{ diff, bug string }{
-	// Layer 3 holds l2/.wh.extra but no l2/ entry. containerd creates a missing parent with
-	// the mode, owner, times and xattrs of the same directory in the layers below
-	// (archive.WithParents: mkparent's copyDirInfo and copyUpXAttrs); the layer index makes
-	// it 0755 root:root with no xattrs. The upper-most layer's directory is what a container
-	// sees, so under p2p l2 loses layer 2's mode, owner and xattr.
-	{"l2: mode 0755, want 0751", implicitParentBug},
-	{"l2: owner 0:0, want 1000:1000", implicitParentBug},
-	{`l2: user xattrs map[], want map["user.dir":"layer 2"]`, implicitParentBug},
-}
-
-const (
-	implicitParentBug = "layer/ingest, layerfs: a directory a layer leaves implicit is 0755 root:root; containerd copies it from the layers below"
-)
-
-// splitKnown separates the differences listed in knownDifferences from the others.
-func splitKnown(diffs []string) (unknown []string, known map[string]bool) {
-	known = map[string]bool{}
-	listed := map[string]bool{}
-	for _, k := range knownDifferences {
-		listed[k.diff] = true
-	}
-	for _, d := range diffs {
-		if listed[d] {
-			known[d] = true
-		} else {
-			unknown = append(unknown, d)
-		}
-	}
-	return unknown, known
 }
 
 // mountView creates a read-only view of parent in sn under key, mounts it on a new directory

@@ -134,8 +134,8 @@ func TestIndexContents(t *testing.T) {
 			t.Errorf("%q: got %s %o %q, want %s %o %q", tc.name, e.Type, e.Mode, e.Linkname, tc.typ, tc.mode, tc.link)
 		}
 	}
-	if e, _ := x.Lookup("var/cache"); !e.Opaque {
-		t.Error("var/cache is not opaque")
+	if e, _ := x.Lookup("var/cache"); !e.Opaque || e.Implicit {
+		t.Errorf("var/cache: opaque %v, implicit %v; want an explicit opaque directory", e.Opaque, e.Implicit)
 	}
 	if _, ok := x.Lookup("var/.wh.removed"); ok {
 		t.Error("whiteout marker listed under its own name")
@@ -305,7 +305,7 @@ func TestLaterEntriesReplaceEarlierOnes(t *testing.T) {
 	if _, ok := x.Lookup("d/child"); ok {
 		t.Error("d/child survived its directory's replacement")
 	}
-	if e, _ := x.Lookup("implicit/parent"); e.Type != layer.TypeDir || e.Mode != 0o755 {
+	if e, _ := x.Lookup("implicit/parent"); e.Type != layer.TypeDir || e.Mode != 0o755 || !e.Implicit {
 		t.Errorf("implicit parent: %+v", e)
 	}
 }

@@ -212,7 +212,7 @@ func (b *indexBuilder) ensureDir(dir string) error {
 	if err := b.ensureDir(layer.ParentName(dir)); err != nil {
 		return err
 	}
-	b.put(layer.Entry{Name: dir, Type: layer.TypeDir, Mode: 0o755})
+	b.put(layer.Entry{Name: dir, Type: layer.TypeDir, Mode: 0o755, Implicit: true})
 	return nil
 }
 

@@ -34,14 +34,14 @@ func NewClient(socket string) *Client {
 	return &Client{socket: socket, http: &http.Client{Transport: tr}}
 }
 
-// Mount asks the manager to mount the layer src names at dir.
-func (c *Client) Mount(ctx context.Context, dir string, src seed.Source) error {
-	return c.call(ctx, "mount", mountRequest{Dir: dir, Source: &src})
+// Mount asks the manager to mount the layer src names at dir, over lowerDirs.
+func (c *Client) Mount(ctx context.Context, dir string, src seed.Source, lowerDirs []string) error {
+	return c.call(ctx, "mount", mountRequest{Dir: dir, Source: &src, LowerDirs: lowerDirs})
 }
 
 // Restore asks the manager to make sure the stored layer diffID is mounted at dir.
-func (c *Client) Restore(ctx context.Context, dir string, diffID digest.Digest) error {
-	return c.call(ctx, "restore", mountRequest{Dir: dir, DiffID: diffID})
+func (c *Client) Restore(ctx context.Context, dir string, diffID digest.Digest, lowerDirs []string) error {
+	return c.call(ctx, "restore", mountRequest{Dir: dir, DiffID: diffID, LowerDirs: lowerDirs})
 }
 
 // Unmount asks the manager to unmount the layer at dir.

@@ -83,17 +83,17 @@ func TestClientServer(t *testing.T) {
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	for range 2 {
-		if err := c.Mount(ctx, mnt, src); err != nil {
+		if err := c.Mount(ctx, mnt, src, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if got, err := os.ReadFile(filepath.Join(mnt, "hello.txt")); err != nil || string(got) != "hello, layer\n" {
 		t.Fatalf("read through the mount: %q, %v", got, err)
 	}
-	if err := c.Restore(ctx, mnt, src.DiffID); err != nil {
+	if err := c.Restore(ctx, mnt, src.DiffID, nil); err != nil {
 		t.Fatalf("Restore of a mounted layer: %v", err)
 	}
-	if err := c.Restore(ctx, filepath.Join(dir, "other"), digest.FromString("never seeded")); err == nil || !strings.Contains(err.Error(), "no such file") {
+	if err := c.Restore(ctx, filepath.Join(dir, "other"), digest.FromString("never seeded"), nil); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("Restore of a layer this node never held: got %v", err)
 	}
 	if err := c.Unmount(ctx, mnt); err != nil {

@@ -42,8 +42,9 @@ func NewMounter(store LayerStore) *Mounter {
 }
 
 // Mount mounts the layer src names at dir, seeding it first if this node does not hold it.
+// lowerDirs are the directories of the layers below, upper-most first (layerfs.WithLowerDirs).
 // Mounting the same layer at the same directory again does nothing.
-func (m *Mounter) Mount(ctx context.Context, dir string, src seed.Source) error {
+func (m *Mounter) Mount(ctx context.Context, dir string, src seed.Source, lowerDirs []string) error {
 	if m.has(dir, src.DiffID) {
 		return nil
 	}
@@ -51,12 +52,12 @@ func (m *Mounter) Mount(ctx context.Context, dir string, src seed.Source) error 
 	if err != nil {
 		return err
 	}
-	return m.mount(ctx, dir, l)
+	return m.mount(ctx, dir, l, lowerDirs)
 }
 
 // Restore mounts at dir a layer this node holds already, as after a restart. If that layer
 // is mounted there and served, it does nothing.
-func (m *Mounter) Restore(ctx context.Context, dir string, diffID digest.Digest) error {
+func (m *Mounter) Restore(ctx context.Context, dir string, diffID digest.Digest, lowerDirs []string) error {
 	if m.has(dir, diffID) {
 		return nil
 	}
@@ -64,7 +65,7 @@ func (m *Mounter) Restore(ctx context.Context, dir string, diffID digest.Digest)
 	if err != nil {
 		return err
 	}
-	return m.mount(ctx, dir, l)
+	return m.mount(ctx, dir, l, lowerDirs)
 }
 
 func (m *Mounter) has(dir string, diffID digest.Digest) bool {
@@ -74,7 +75,7 @@ func (m *Mounter) has(dir string, diffID digest.Digest) bool {
 	return ok && cur.diffID == diffID
 }
 
-func (m *Mounter) mount(ctx context.Context, dir string, l *seed.Layer) error {
+func (m *Mounter) mount(ctx context.Context, dir string, l *seed.Layer, lowerDirs []string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if cur, ok := m.mounts[dir]; ok {
@@ -84,7 +85,7 @@ func (m *Mounter) mount(ctx context.Context, dir string, l *seed.Layer) error {
 		return fmt.Errorf("mount layer %s at %s: layer %s is mounted there", l.Index.DiffID, dir, cur.diffID)
 	}
 	detachStale(dir)
-	fs, err := layerfs.Mount(ctx, dir, l.Index, l, layerfs.WithFSName("p2p:"+l.Index.DiffID.Encoded()[:12]))
+	fs, err := layerfs.Mount(ctx, dir, l.Index, l, layerfs.WithFSName("p2p:"+l.Index.DiffID.Encoded()[:12]), layerfs.WithLowerDirs(lowerDirs))
 	if err != nil {
 		return fmt.Errorf("mount layer %s at %s: %w", l.Index.DiffID, dir, err)
 	}

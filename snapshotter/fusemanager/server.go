@@ -19,6 +19,8 @@ type mountRequest struct {
 	Dir    string        `json:"dir"`
 	Source *seed.Source  `json:"source,omitempty"` // Mount
 	DiffID digest.Digest `json:"diffID,omitempty"` // Restore
+	// LowerDirs are the directories of the layers below, upper-most first.
+	LowerDirs []string `json:"lowerDirs,omitempty"`
 }
 
 type errorResponse struct {
@@ -33,10 +35,10 @@ func Serve(ctx context.Context, m *Mounter, ln net.Listener) error {
 		if req.Source == nil {
 			return errors.New("mount: no source")
 		}
-		return m.Mount(ctx, req.Dir, *req.Source)
+		return m.Mount(ctx, req.Dir, *req.Source, req.LowerDirs)
 	}))
 	mux.HandleFunc("POST /restore", handle(func(ctx context.Context, req mountRequest) error {
-		return m.Restore(ctx, req.Dir, req.DiffID)
+		return m.Restore(ctx, req.Dir, req.DiffID, req.LowerDirs)
 	}))
 	mux.HandleFunc("POST /unmount", handle(func(ctx context.Context, req mountRequest) error {
 		return m.Unmount(ctx, req.Dir)

@@ -54,7 +54,14 @@ type config struct {
 	attrTimeout  time.Duration
 	debug        bool
 	userXattr    bool
+	lowerDirs    []string
 }
+
+// WithLowerDirs names the directories of the layers below this one, upper-most first (the
+// lowerdirs overlayfs will stack under it). A directory this layer does not list but holds
+// entries of takes the attributes of the same directory below, as containerd's unpacker
+// gives a missing parent; without them it is 0755 root.
+func WithLowerDirs(dirs []string) Option { return func(c *config) { c.lowerDirs = dirs } }
 
 // WithUserXattr marks opaque directories with user.overlay.opaque instead of
 // trusted.overlay.opaque, for overlayfs mounted with the userxattr option (rootless).
@@ -113,7 +120,7 @@ func newConfig(ctx context.Context, opts []Option) config {
 // number is RootIno, which is also go-fuse's default for the root.
 func NewRoot(x *layer.Index, r StreamReader, opts ...Option) (fs.InodeEmbedder, error) {
 	c := newConfig(context.Background(), opts)
-	t, err := newTree(x, r, c.logger, c.userXattr)
+	t, err := newTree(withLowerAttributes(x, c.lowerDirs), r, c.logger, c.userXattr)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", x.DiffID, err)
 	}
@@ -144,7 +151,7 @@ func Mount(ctx context.Context, dir string, x *layer.Index, r StreamReader, opts
 	}
 	c := newConfig(ctx, opts)
 	logger := c.logger.WithField("mountpoint", dir)
-	t, err := newTree(x, r, logger, c.userXattr)
+	t, err := newTree(withLowerAttributes(x, c.lowerDirs), r, logger, c.userXattr)
 	if err != nil {
 		return nil, fmt.Errorf("mount layer %s at %s: %w", x.DiffID, dir, err)
 	}
