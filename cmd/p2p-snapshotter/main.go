@@ -23,6 +23,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
@@ -120,7 +121,7 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 				return err
 			}
 			defer chains.Close()
-			stopMirror, err := serveMirror(ctx, cfg.Mirror.Address, mirror.New(client, chains))
+			stopMirror, err := serveMirror(ctx, cfg.Mirror.Address, mirror.New(client, chains, mirror.WithImageSeen(prefetchLayers(mounter))))
 			if err != nil {
 				return err
 			}
@@ -140,6 +141,27 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 	}
 	log.G(ctx).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("p2p-snapshotter starting")
 	return snapshotter.Serve(ctx, sn, ln)
+}
+
+// prefetchLayers starts fetching an image's layers as soon as the mirror has seen its config,
+// before containerd prepares them one after another, if the mounter can.
+func prefetchLayers(m snapshotter.LayerMounter) func(context.Context, []seed.Source) {
+	p, ok := m.(interface {
+		Prefetch(ctx context.Context, src seed.Source) error
+	})
+	if !ok {
+		return nil
+	}
+	return func(ctx context.Context, layers []seed.Source) {
+		ctx = context.WithoutCancel(ctx)
+		go func() {
+			for _, l := range layers {
+				if err := p.Prefetch(ctx, l); err != nil {
+					log.G(ctx).WithError(err).WithField("diffID", l.DiffID).Warn("cannot start prefetching a layer")
+				}
+			}
+		}()
+	}
 }
 
 func newRegistryClient(cfg snapshotter.Config) *registry.Client {

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
@@ -249,5 +250,65 @@ func TestCorruptStreamFileIsDetected(t *testing.T) {
 	_, err = l.ReadStreamAt(context.Background(), make([]byte, 10), off)
 	if !errors.Is(err, layer.ErrDigestMismatch) {
 		t.Fatalf("got %v, want ErrDigestMismatch from the corrupt stream file", err)
+	}
+}
+
+// gatedOpener holds every blob open until the test releases it.
+type gatedOpener struct {
+	BlobOpener
+	opened  chan struct{}
+	release chan struct{}
+}
+
+func (g gatedOpener) OpenBlob(ctx context.Context, host, repo string, desc ocispec.Descriptor) (io.ReadCloser, error) {
+	close(g.opened)
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return g.BlobOpener.OpenBlob(ctx, host, repo, desc)
+}
+
+// TestWaiterHonoursItsOwnContext: a request that joins a pass under way waits only as long as
+// its own context lets it, and neither its leaving nor the starter's cancelling stops the pass
+// for the others.
+func TestWaiterHonoursItsOwnContext(t *testing.T) {
+	tr := newTestRegistry(t)
+	cache, err := blockcache.New(64*blockSize, blockcache.WithBlockSize(blockSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	gate := gatedOpener{BlobOpener: registry.New(registry.WithInsecureRegistries(tr.host)), opened: make(chan struct{}), release: make(chan struct{})}
+	s, err := New(t.TempDir(), cache, gate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	starter, cancelStarter := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := s.Layer(starter, tr.src)
+		first <- err
+	}()
+	<-gate.opened
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := s.Layer(ctx, tr.src); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("waiter: got %v, want its own deadline", err)
+	}
+	cancelStarter()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("starter: got %v, want its own cancellation", err)
+	}
+	third := make(chan error, 1)
+	go func() {
+		_, err := s.Layer(context.Background(), tr.src)
+		third <- err
+	}()
+	close(gate.release)
+	if err := <-third; err != nil {
+		t.Fatalf("the pass did not go on for a caller still waiting: %v", err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -44,7 +45,13 @@ type Store struct {
 
 	mu     sync.Mutex
 	layers map[layer.TaskID]*Layer
+
+	closing context.Context // cancelled by Close: every pass ends
+	stop    context.CancelFunc
 }
+
+// maxPassTime bounds one streaming pass.
+const maxPassTime = time.Hour
 
 // New returns a store keeping its layers under dir, serving reads through cache and
 // fetching blobs with blobs.
@@ -52,7 +59,9 @@ func New(dir string, cache *blockcache.Cache, blobs BlobOpener) (*Store, error) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("seed store: %w", err)
 	}
-	return &Store{dir: dir, cache: cache, blobs: blobs, layers: make(map[layer.TaskID]*Layer)}, nil
+	s := &Store{dir: dir, cache: cache, blobs: blobs, layers: make(map[layer.TaskID]*Layer)}
+	s.closing, s.stop = context.WithCancel(context.Background())
+	return s, nil
 }
 
 // Layer returns the layer src names: open already, from disk, or seeded now from its
@@ -62,18 +71,29 @@ func (s *Store) Layer(ctx context.Context, src Source) (*Layer, error) {
 		return nil, fmt.Errorf("layer %s: diffID: %w", src.Blob.Digest, err)
 	}
 	task := layer.TaskIDFromDigest(src.DiffID)
-	v, err, _ := s.group.Do(string(task), func() (any, error) {
+	// The pass runs for whoever wants the layer, not for the first caller alone: it keeps
+	// the first caller's values but not its cancellation, ends with Close or after
+	// maxPassTime, and each caller waits for it as long as its own context lets it.
+	ch := s.group.DoChan(string(task), func() (any, error) {
 		if l, err := s.Open(task); err == nil {
 			return l, nil
 		} else if !errors.Is(err, os.ErrNotExist) {
 			log.G(ctx).WithError(err).WithField("task", task).Warn("stored layer unusable; seeding it again")
 		}
-		return s.seed(ctx, src)
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxPassTime)
+		defer cancel()
+		defer context.AfterFunc(s.closing, cancel)()
+		return s.seed(pctx, src)
 	})
-	if err != nil {
-		return nil, err
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Layer), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("layer %s: %w", task, ctx.Err())
 	}
-	return v.(*Layer), nil
 }
 
 // Open returns a layer seeded before, from memory or disk. It returns an error wrapping
@@ -125,6 +145,7 @@ func (s *Store) load(task layer.TaskID) (*Layer, error) {
 
 // Close closes the store's files. Layers returned before must not be used after.
 func (s *Store) Close() error {
+	s.stop()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var errs []error

@@ -44,6 +44,11 @@ func (c *Client) Restore(ctx context.Context, dir string, diffID digest.Digest, 
 	return c.call(ctx, "restore", mountRequest{Dir: dir, DiffID: diffID, LowerDirs: lowerDirs})
 }
 
+// Prefetch asks the manager to start fetching the layer src names in the background.
+func (c *Client) Prefetch(ctx context.Context, src seed.Source) error {
+	return c.call(ctx, "prefetch", mountRequest{Source: &src})
+}
+
 // Unmount asks the manager to unmount the layer at dir.
 func (c *Client) Unmount(ctx context.Context, dir string) error {
 	return c.call(ctx, "unmount", mountRequest{Dir: dir})

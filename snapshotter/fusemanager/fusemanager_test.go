@@ -21,6 +21,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
@@ -80,6 +81,21 @@ func TestClientServer(t *testing.T) {
 	if err := c.Start(ctx, []string{"/nonexistent"}, filepath.Join(dir, "log"), time.Second); err != nil {
 		t.Fatalf("Start with a manager already answering: %v", err)
 	}
+	// A prefetch seeds the layer in the background; the Mount below finds it held.
+	if err := c.Prefetch(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := store.Open(layer.TaskIDFromDigest(src.DiffID)); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the prefetch did not seed the layer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
 	for range 2 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -29,7 +30,19 @@ type Mounter struct {
 
 	mu     sync.Mutex
 	mounts map[string]mounted // by directory
+
+	prefetchCtx  context.Context // parent of every prefetch; cancelled by Close
+	stopPrefetch context.CancelFunc
+	prefetches   sync.WaitGroup
+	slots        chan struct{} // one per prefetch running
 }
+
+// Prefetches run at most this many at a time (containerd downloads three layers at once),
+// each for at most prefetchTimeout.
+const (
+	maxPrefetches   = 3
+	prefetchTimeout = 30 * time.Minute
+)
 
 type mounted struct {
 	fs     *layerfs.Mounted
@@ -38,7 +51,31 @@ type mounted struct {
 
 // NewMounter returns a Mounter serving layers of store.
 func NewMounter(store LayerStore) *Mounter {
-	return &Mounter{store: store, mounts: make(map[string]mounted)}
+	m := &Mounter{store: store, mounts: make(map[string]mounted), slots: make(chan struct{}, maxPrefetches)}
+	m.prefetchCtx, m.stopPrefetch = context.WithCancel(context.Background())
+	return m
+}
+
+// Prefetch starts fetching the layer src names in the background, so that a Mount of it soon
+// after finds it held or joins the fetch under way. It returns at once; ctx only carries
+// values (a logger). A failed prefetch is logged, and the Mount fetches the layer itself.
+func (m *Mounter) Prefetch(ctx context.Context, src seed.Source) error {
+	m.prefetches.Add(1)
+	go func() {
+		defer m.prefetches.Done()
+		select {
+		case m.slots <- struct{}{}:
+		case <-m.prefetchCtx.Done():
+			return
+		}
+		defer func() { <-m.slots }()
+		pctx, cancel := context.WithTimeout(m.prefetchCtx, prefetchTimeout)
+		defer cancel()
+		if _, err := m.store.Layer(pctx, src); err != nil && m.prefetchCtx.Err() == nil {
+			log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("prefetch of a layer failed")
+		}
+	}()
+	return nil
 }
 
 // Mount mounts the layer src names at dir, seeding it first if this node does not hold it.
@@ -125,8 +162,10 @@ func (m *Mounter) Unmount(_ context.Context, dir string) error {
 	return nil
 }
 
-// Close detaches every layer this Mounter serves.
+// Close stops the prefetches and detaches every layer this Mounter serves.
 func (m *Mounter) Close() error {
+	m.stopPrefetch()
+	m.prefetches.Wait()
 	m.mu.Lock()
 	dirs := make([]string, 0, len(m.mounts))
 	for dir := range m.mounts {

@@ -37,6 +37,12 @@ func Serve(ctx context.Context, m *Mounter, ln net.Listener) error {
 		}
 		return m.Mount(ctx, req.Dir, *req.Source, req.LowerDirs)
 	}))
+	mux.HandleFunc("POST /prefetch", handle(func(ctx context.Context, req mountRequest) error {
+		if req.Source == nil {
+			return errors.New("prefetch: no source")
+		}
+		return m.Prefetch(context.WithoutCancel(ctx), *req.Source)
+	}))
 	mux.HandleFunc("POST /restore", handle(func(ctx context.Context, req mountRequest) error {
 		return m.Restore(ctx, req.Dir, req.DiffID, req.LowerDirs)
 	}))
@@ -62,7 +68,7 @@ func handle(fn func(context.Context, mountRequest) error) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 			return
 		}
-		if req.Dir == "" {
+		if req.Dir == "" && r.URL.Path != "/prefetch" {
 			writeError(w, http.StatusBadRequest, errors.New("no directory"))
 			return
 		}

@@ -34,6 +34,7 @@ const maxPending = 1024
 type Mirror struct {
 	upstreams Upstreams
 	store     *Store
+	onImage   func(ctx context.Context, layers []seed.Source)
 
 	mu      sync.Mutex
 	pending map[digest.Digest]pendingManifest // by config digest
@@ -44,10 +45,24 @@ type pendingManifest struct {
 	layers           []ocispec.Descriptor
 }
 
+// Option configures a Mirror.
+type Option func(*Mirror)
+
+// WithImageSeen calls fn with the layers of every image config the mirror passes on, base
+// layer first, once they are recorded: containerd fetches the config before it unpacks, so fn
+// can start fetching the layers then. fn must not block.
+func WithImageSeen(fn func(ctx context.Context, layers []seed.Source)) Option {
+	return func(m *Mirror) { m.onImage = fn }
+}
+
 // New returns a mirror reaching registries through upstreams and recording what it learns
 // in store.
-func New(upstreams Upstreams, store *Store) *Mirror {
-	return &Mirror{upstreams: upstreams, store: store, pending: make(map[digest.Digest]pendingManifest)}
+func New(upstreams Upstreams, store *Store, opts ...Option) *Mirror {
+	m := &Mirror{upstreams: upstreams, store: store, pending: make(map[digest.Digest]pendingManifest)}
+	for _, o := range opts {
+		o(m)
+	}
+	return m
 }
 
 // hopHeaders are not forwarded in either direction.
@@ -210,11 +225,15 @@ func (m *Mirror) learnConfig(ctx context.Context, dgst digest.Digest, body []byt
 		return fmt.Errorf("config %s lists %d diffIDs for %d layers", dgst, len(diffIDs), len(p.layers))
 	}
 	chains := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
+	srcs := make([]seed.Source, len(chains))
 	for i, chain := range chains {
-		src := seed.Source{Host: p.host, Repository: p.repository, Blob: p.layers[i], DiffID: diffIDs[i]}
-		if err := m.store.Put(chain, src); err != nil {
+		srcs[i] = seed.Source{Host: p.host, Repository: p.repository, Blob: p.layers[i], DiffID: diffIDs[i]}
+		if err := m.store.Put(chain, srcs[i]); err != nil {
 			return err
 		}
+	}
+	if m.onImage != nil {
+		m.onImage(ctx, srcs)
 	}
 	log.G(ctx).WithFields(log.Fields{"host": p.host, "repository": p.repository, "layers": len(chains)}).Debug("mirror: learned image layers")
 	return nil

@@ -25,6 +25,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
 
@@ -78,7 +79,9 @@ func TestPullThroughMirrorLearnsLayers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := New(registry.New(registry.WithInsecureRegistries(up)), store)
+	seen := make(chan []seed.Source, 4)
+	m := New(registry.New(registry.WithInsecureRegistries(up)), store,
+		WithImageSeen(func(_ context.Context, layers []seed.Source) { seen <- layers }))
 	mirrorSrv := httptest.NewServer(m)
 	defer mirrorSrv.Close()
 
@@ -112,6 +115,15 @@ func TestPullThroughMirrorLearnsLayers(t *testing.T) {
 		if src.Host != up || src.Repository != "team/app" || src.Blob.Digest != l.Descriptor.Digest || src.DiffID != l.DiffID {
 			t.Fatalf("chain %s: got %+v, want layer %s diffID %s", l.ChainID, src, l.Descriptor.Digest, l.DiffID)
 		}
+	}
+
+	select {
+	case layers := <-seen:
+		if len(layers) != len(img.Layers) || layers[0].DiffID != img.Layers[0].DiffID {
+			t.Fatalf("image seen with layers %+v", layers)
+		}
+	default:
+		t.Fatal("the image-seen hook was not called")
 	}
 
 	// The record survives a restart.
