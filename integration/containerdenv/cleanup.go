@@ -121,6 +121,15 @@ func removeTree(dir string) error {
 // our daemon and the runc shims of a test name its directory or socket; the containers are
 // the shims' children.
 func processesMentioning(substr string) []int {
+	return processTree(func(pid int) bool {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
+		return err == nil && strings.Contains(string(cmdline), substr)
+	})
+}
+
+// processTree returns the pids of the processes (other than this one) that match, plus all
+// their descendants.
+func processTree(match func(pid int) bool) []int {
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
@@ -133,18 +142,10 @@ func processesMentioning(substr string) []int {
 		if err != nil || pid == self {
 			continue
 		}
-		if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil {
-			// pid (comm) state ppid …: comm may hold spaces and parentheses.
-			if i := strings.LastIndexByte(string(stat), ')'); i > 0 {
-				if f := strings.Fields(string(stat[i+1:])); len(f) > 1 {
-					if ppid, err := strconv.Atoi(f[1]); err == nil {
-						children[ppid] = append(children[ppid], pid)
-					}
-				}
-			}
+		if ppid, err := parentPID(pid); err == nil {
+			children[ppid] = append(children[ppid], pid)
 		}
-		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(cmdline), substr) {
+		if match(pid) {
 			roots = append(roots, pid)
 		}
 	}

@@ -459,6 +459,10 @@ func snapshotterBinary(ctx context.Context, t testing.TB, base, envDir string) (
 // BuildSnapshotter builds ./cmd/p2p-snapshotter of this module into out, with the race
 // detector when the calling test binary has it.
 func BuildSnapshotter(ctx context.Context, out string) error {
+	return buildSnapshotter(ctx, out, raceEnabled)
+}
+
+func buildSnapshotter(ctx context.Context, out string, race bool) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
@@ -468,7 +472,7 @@ func BuildSnapshotter(ctx context.Context, out string) error {
 		return err
 	}
 	args := []string{"build", "-o", out}
-	if raceEnabled {
+	if race {
 		args = append(args, "-race")
 	}
 	args = append(args, "./cmd/p2p-snapshotter")

@@ -7,7 +7,6 @@ import (
 	"debug/buildinfo"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -35,44 +34,14 @@ func (e *Env) SnapshotterPID() int {
 // so a test of the daemon's memory must watch it too.
 func (e *Env) SnapshotterProcesses() []int {
 	root := filepath.Clean(e.SnapshotterRoot)
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
-	self := os.Getpid()
-	children := map[int][]int{}
-	var roots []int
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil || pid == self {
-			continue
-		}
-		if ppid, err := parentPID(pid); err == nil {
-			children[ppid] = append(children[ppid], pid)
-		}
+	out := processTree(func(pid int) bool {
 		for _, arg := range ProcessArgs(pid) {
 			if arg == root || strings.HasPrefix(arg, root+"/") {
-				roots = append(roots, pid)
-				break
+				return true
 			}
 		}
-	}
-	seen := map[int]bool{}
-	var out []int
-	var walk func(int)
-	walk = func(pid int) {
-		if seen[pid] {
-			return
-		}
-		seen[pid] = true
-		out = append(out, pid)
-		for _, c := range children[pid] {
-			walk(c)
-		}
-	}
-	for _, r := range roots {
-		walk(r)
-	}
+		return false
+	})
 	slices.Sort(out)
 	return out
 }
@@ -239,24 +208,7 @@ func (s *MemorySampler) Stop() []MemoryPeak {
 // race detector, whatever the calling test binary has: for tests that measure the daemon's
 // memory, which the race detector multiplies.
 func BuildSnapshotterNoRace(ctx context.Context, out string) error {
-	root, err := ModuleRoot()
-	if err != nil {
-		return err
-	}
-	goBin, err := goCommand()
-	if err != nil {
-		return err
-	}
-	args := []string{"build", "-o", out, "./cmd/p2p-snapshotter"}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
-	}
-	return nil
+	return buildSnapshotter(ctx, out, false)
 }
 
 // BinaryHasRace reports whether the Go binary at path was built with the race detector.
