@@ -12,9 +12,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
 )
 
 // Files of the FUSE manager under the daemon's root.
@@ -24,12 +26,29 @@ const (
 	fuseManagerLog    = "fuse-manager.log"
 )
 
-// layerMounter returns what mounts lazily pulled layers: the FUSE manager process (started
-// if none answers), or, with lazy.fuse_manager = false, a mounter in this process. The
-// returned close releases what this process owns; it never stops a manager process.
-func layerMounter(ctx context.Context, cfg snapshotter.Config) (snapshotter.LayerMounter, func(), error) {
+// dataPlane is what holds this node's blocks: it mounts lazily pulled layers and copies
+// blobs to the registry mirror through the block cache.
+type dataPlane interface {
+	snapshotter.LayerMounter
+	mirror.Blobs
+}
+
+// inProcess is a data plane in this process.
+type inProcess struct {
+	*fusemanager.Mounter
+	*blobs.Server
+}
+
+// layerMounter returns the data plane: the FUSE manager process (started if none answers),
+// or, with lazy.fuse_manager = false, one in this process. The returned close releases what
+// this process owns; it never stops a manager process.
+func layerMounter(ctx context.Context, cfg snapshotter.Config) (dataPlane, func(), error) {
 	if !cfg.Lazy.FuseManager {
-		return newMounter(cfg)
+		m, b, closeAll, err := newMounter(cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return inProcess{m, b}, closeAll, nil
 	}
 	cfgPath := filepath.Join(cfg.Root, fuseManagerConfig)
 	b, err := toml.Marshal(cfg)
@@ -51,19 +70,21 @@ func layerMounter(ctx context.Context, cfg snapshotter.Config) (snapshotter.Laye
 	return client, func() {}, nil
 }
 
-// newMounter builds the block cache, the layer store and a FUSE mounter in this process.
-func newMounter(cfg snapshotter.Config) (*fusemanager.Mounter, func(), error) {
+// newMounter builds the block cache, the layer store, a FUSE mounter and the blob server in
+// this process.
+func newMounter(cfg snapshotter.Config) (*fusemanager.Mounter, *blobs.Server, func(), error) {
 	cache, err := blockcache.New(int64(cfg.Cache.Size), blockcache.WithBlockSize(int(cfg.Cache.BlockSize)))
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	store, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, newRegistryClient(cfg))
+	client := newRegistryClient(cfg)
+	store, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client)
 	if err != nil {
 		cache.Close()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	m := fusemanager.NewMounter(store)
-	return m, func() {
+	return m, blobs.New(cache, client), func() {
 		m.Close()
 		store.Close()
 		cache.Close()
@@ -84,7 +105,7 @@ func newFuseManagerCommand() *cobra.Command {
 			if err := log.SetLevel(cfg.LogLevel); err != nil {
 				return err
 			}
-			m, closeMounter, err := newMounter(cfg)
+			m, b, closeMounter, err := newMounter(cfg)
 			if err != nil {
 				return err
 			}
@@ -94,7 +115,7 @@ func newFuseManagerCommand() *cobra.Command {
 				return err
 			}
 			log.G(cmd.Context()).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("FUSE manager starting")
-			return fusemanager.Serve(cmd.Context(), m, ln)
+			return fusemanager.Serve(cmd.Context(), m, ln, fusemanager.WithBlobs(b))
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration written by the daemon")

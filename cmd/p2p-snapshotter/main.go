@@ -121,7 +121,7 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 				return err
 			}
 			defer chains.Close()
-			stopMirror, err := serveMirror(ctx, cfg.Mirror.Address, mirror.New(client, chains, mirror.WithImageSeen(prefetchLayers(mounter))))
+			stopMirror, err := serveMirror(ctx, cfg.Mirror.Address, mirror.New(client, chains, mirror.WithImageSeen(prefetchLayers(mounter)), mirror.WithBlobs(mounter)))
 			if err != nil {
 				return err
 			}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 )
 
@@ -54,6 +55,35 @@ func (c *Client) Unmount(ctx context.Context, dir string) error {
 	return c.call(ctx, "unmount", mountRequest{Dir: dir})
 }
 
+// CopyBlob asks the manager to write the blob req names to w through its block cache, and
+// returns the bytes written. An error with 0 bytes written means the manager wrote nothing.
+func (c *Client) CopyBlob(ctx context.Context, w io.Writer, req blobs.Request) (int64, error) {
+	b, err := json.Marshal(req)
+	if err != nil {
+		return 0, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/blob", bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return 0, fmt.Errorf("FUSE manager blob %s: %w", req.Digest, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("FUSE manager blob %s: %s", req.Digest, responseError(resp))
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("FUSE manager blob %s: %w", req.Digest, err)
+	}
+	if n != req.Size {
+		return n, fmt.Errorf("FUSE manager blob %s: got %d bytes, want %d: %w", req.Digest, n, req.Size, io.ErrUnexpectedEOF)
+	}
+	return n, nil
+}
+
 // Ping reports whether the manager answers.
 func (c *Client) Ping(ctx context.Context) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://fuse-manager/ping", nil)
@@ -85,12 +115,17 @@ func (c *Client) call(ctx context.Context, op string, body mountRequest) error {
 	if resp.StatusCode == http.StatusNoContent {
 		return nil
 	}
+	return fmt.Errorf("FUSE manager %s %s: %s", op, body.Dir, responseError(resp))
+}
+
+// responseError is the error a manager's response carries.
+func responseError(resp *http.Response) string {
 	var e errorResponse
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(data, &e) != nil || e.Error == "" {
 		e.Error = fmt.Sprintf("status %s: %s", resp.Status, data)
 	}
-	return fmt.Errorf("FUSE manager %s %s: %s", op, body.Dir, e.Error)
+	return e.Error
 }
 
 // Start makes sure a manager answers on c's socket: if none does, it starts argv (the

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 )
 
@@ -27,9 +29,58 @@ type errorResponse struct {
 	Error string `json:"error"`
 }
 
+// BlobCopier copies whole blobs through the manager's block cache. blobs.Server satisfies it.
+type BlobCopier interface {
+	CopyBlob(ctx context.Context, w io.Writer, req blobs.Request) (int64, error)
+}
+
+// ServeOption configures Serve.
+type ServeOption func(*http.ServeMux)
+
+// WithBlobs also serves blobs copied by b, for the daemon's registry mirror (Client.CopyBlob).
+func WithBlobs(b BlobCopier) ServeOption {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("POST /blob", func(w http.ResponseWriter, r *http.Request) {
+			var req blobs.Request
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+				return
+			}
+			bw := &firstWrite{w: w}
+			n, err := b.CopyBlob(r.Context(), bw, req)
+			switch {
+			case err == nil:
+			case !bw.started:
+				writeError(w, http.StatusBadGateway, err)
+			default:
+				log.G(r.Context()).WithError(err).WithFields(log.Fields{"digest": req.Digest, "sent": n}).Warn("FUSE manager: blob failed mid-stream")
+				panic(http.ErrAbortHandler)
+			}
+		})
+	}
+}
+
+// firstWrite answers 200 with the first bytes written.
+type firstWrite struct {
+	w       http.ResponseWriter
+	started bool
+}
+
+func (f *firstWrite) Write(p []byte) (int, error) {
+	if !f.started {
+		f.started = true
+		f.w.Header().Set("Content-Type", "application/octet-stream")
+		f.w.WriteHeader(http.StatusOK)
+	}
+	return f.w.Write(p)
+}
+
 // Serve serves m on ln until ctx ends.
-func Serve(ctx context.Context, m *Mounter, ln net.Listener) error {
+func Serve(ctx context.Context, m *Mounter, ln net.Listener, opts ...ServeOption) error {
 	mux := http.NewServeMux()
+	for _, o := range opts {
+		o(mux)
+	}
 	mux.HandleFunc("GET /ping", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusNoContent) })
 	mux.HandleFunc("POST /mount", handle(func(ctx context.Context, req mountRequest) error {
 		if req.Source == nil {

@@ -16,8 +16,17 @@ import (
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 )
+
+// Blobs copies whole blobs to the mirror's callers through the node's block cache.
+// blobs.Server satisfies it.
+type Blobs interface {
+	// CopyBlob writes the blob to w; it writes nothing before it has the first block, so
+	// an error with 0 bytes written leaves the response to the mirror.
+	CopyBlob(ctx context.Context, w io.Writer, req blobs.Request) (int64, error)
+}
 
 // Upstreams tells how to reach a registry's own server. registry.Client satisfies it.
 type Upstreams interface {
@@ -35,6 +44,7 @@ type Mirror struct {
 	upstreams Upstreams
 	store     *Store
 	onImage   func(ctx context.Context, layers []seed.Source)
+	blobs     Blobs
 
 	mu      sync.Mutex
 	pending map[digest.Digest]pendingManifest // by config digest
@@ -53,6 +63,12 @@ type Option func(*Mirror)
 // can start fetching the layers then. fn must not block.
 func WithImageSeen(fn func(ctx context.Context, layers []seed.Source)) Option {
 	return func(m *Mirror) { m.onImage = fn }
+}
+
+// WithBlobs serves whole blobs (other than the configs the mirror learns from) through b,
+// and so through the node's block cache, instead of passing them through.
+func WithBlobs(b Blobs) Option {
+	return func(m *Mirror) { m.blobs = b }
 }
 
 // New returns a mirror reaching registries through upstreams and recording what it learns
@@ -96,16 +112,16 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q.Del("ns")
 	target.RawQuery = q.Encode()
 
-	out, err := http.NewRequestWithContext(ctx, r.Method, target.String(), nil)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	if m.blobs != nil && r.Method == http.MethodGet && r.Header.Get("Range") == "" && m.serveBlob(ctx, w, r, host, rest, target, client) {
 		return
 	}
-	out.Header = r.Header.Clone()
-	for _, h := range hopHeaders {
-		out.Header.Del(h)
-	}
-	resp, err := client.Do(out)
+	m.forward(ctx, w, r, host, rest, target, client)
+}
+
+// forward passes r on to the upstream target and its response back to w, learning from what
+// it passes.
+func (m *Mirror) forward(ctx context.Context, w http.ResponseWriter, r *http.Request, host, rest string, target url.URL, client *http.Client) {
+	resp, err := m.roundTrip(ctx, r, r.Method, target, client)
 	if err != nil {
 		log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "path": rest}).Warn("mirror: upstream request failed")
 		http.Error(w, fmt.Sprintf("registry %s: %v", host, err), http.StatusBadGateway)
@@ -118,18 +134,96 @@ func (m *Mirror) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet && resp.StatusCode == http.StatusOK {
 		body, learn = m.observe(ctx, host, rest, resp)
 	}
-	for k, v := range resp.Header {
-		w.Header()[k] = v
-	}
-	for _, h := range hopHeaders {
-		w.Header().Del(h)
-	}
+	copyHeader(w.Header(), resp.Header)
 	w.WriteHeader(resp.StatusCode)
 	if _, err := io.Copy(w, body); err != nil {
 		log.G(ctx).WithError(err).WithField("path", rest).Debug("mirror: client went away")
 		return
 	}
 	learn()
+}
+
+// roundTrip sends the upstream target a request with r's headers.
+func (m *Mirror) roundTrip(ctx context.Context, r *http.Request, method string, target url.URL, client *http.Client) (*http.Response, error) {
+	out, err := http.NewRequestWithContext(ctx, method, target.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	out.Header = r.Header.Clone()
+	for _, h := range hopHeaders {
+		out.Header.Del(h)
+	}
+	return client.Do(out)
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, v := range src {
+		dst[k] = v
+	}
+	for _, h := range hopHeaders {
+		dst.Del(h)
+	}
+}
+
+// serveBlob answers a GET of a whole blob through the node's block cache and reports whether
+// it answered. It first asks the registry (HEAD, with the caller's credentials) whether the
+// caller may read the blob and how long it is: a refusal or anything unusual is left to
+// forward, which passes the registry's own answer (an auth challenge, say) to the caller.
+func (m *Mirror) serveBlob(ctx context.Context, w http.ResponseWriter, r *http.Request, host, rest string, target url.URL, client *http.Client) bool {
+	repo, kind, ref, ok := splitPath(rest)
+	if !ok || kind != "blobs" {
+		return false
+	}
+	dgst, err := digest.Parse(ref)
+	if err != nil {
+		return false
+	}
+	m.mu.Lock()
+	_, isConfig := m.pending[dgst]
+	m.mu.Unlock()
+	if isConfig {
+		return false // forward learns from it
+	}
+	head, err := m.roundTrip(ctx, r, http.MethodHead, target, client)
+	if err != nil {
+		return false
+	}
+	head.Body.Close()
+	if head.StatusCode != http.StatusOK || head.ContentLength < 0 {
+		return false
+	}
+	bw := &blobWriter{w: w, header: head.Header}
+	req := blobs.Request{Host: host, Repository: repo, Digest: dgst, Size: head.ContentLength, Header: r.Header.Clone()}
+	for _, h := range hopHeaders {
+		req.Header.Del(h)
+	}
+	n, err := m.blobs.CopyBlob(ctx, bw, req)
+	switch {
+	case err == nil:
+		return true
+	case n == 0 && !bw.started:
+		log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "repository": repo, "digest": dgst}).Warn("mirror: cannot serve blob through the block cache; passing it through")
+		return false
+	default:
+		log.G(ctx).WithError(err).WithFields(log.Fields{"host": host, "repository": repo, "digest": dgst, "sent": n}).Warn("mirror: blob failed mid-stream")
+		panic(http.ErrAbortHandler) // the caller must see a broken response, not a short one
+	}
+}
+
+// blobWriter sends the registry's headers with the first bytes of a blob.
+type blobWriter struct {
+	w       http.ResponseWriter
+	header  http.Header
+	started bool
+}
+
+func (b *blobWriter) Write(p []byte) (int, error) {
+	if !b.started {
+		b.started = true
+		copyHeader(b.w.Header(), b.header)
+		b.w.WriteHeader(http.StatusOK)
+	}
+	return b.w.Write(p)
 }
 
 // observe returns the body to send, and a function to call once it was sent whole that learns

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -24,13 +25,20 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
 
 // upstream is a real registry that requires HTTP basic credentials user:pass.
 func upstream(t *testing.T) string {
+	return countingUpstream(t, nil)
+}
+
+// countingUpstream is upstream that also counts the body bytes it sends for GETs of blobs.
+func countingUpstream(t *testing.T, blobBytes *atomic.Int64) string {
 	t.Helper()
 	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -38,6 +46,9 @@ func upstream(t *testing.T) string {
 			w.Header().Set("WWW-Authenticate", `Basic realm="upstream"`)
 			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED"}]}`, http.StatusUnauthorized)
 			return
+		}
+		if blobBytes != nil && r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") {
+			w = &countingWriter{ResponseWriter: w, n: blobBytes}
 		}
 		inner.ServeHTTP(w, r)
 	}))
@@ -82,28 +93,13 @@ func TestPullThroughMirrorLearnsLayers(t *testing.T) {
 	seen := make(chan []seed.Source, 4)
 	m := New(registry.New(registry.WithInsecureRegistries(up)), store,
 		WithImageSeen(func(_ context.Context, layers []seed.Source) { seen <- layers }))
-	mirrorSrv := httptest.NewServer(m)
-	defer mirrorSrv.Close()
-
-	// containerd's view: hosts.toml sends pulls of the upstream to the mirror first.
-	hostsDir := filepath.Join(dir, "certs.d")
-	os.MkdirAll(filepath.Join(hostsDir, up), 0o755)
-	hostsToml := "server = \"http://" + up + "\"\n[host.\"" + mirrorSrv.URL + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
-	if err := os.WriteFile(filepath.Join(hostsDir, up, "hosts.toml"), []byte(hostsToml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rec := &recordingTransport{}
-	containerd := registry.New(
-		registry.WithHostsDir(hostsDir),
-		registry.WithCredentials(func(string) (string, string, error) { return "user", "pass", nil }),
-		registry.WithHTTPClient(&http.Client{Transport: rec}),
-	)
+	containerd, rec, mirrorURL := containerdThrough(t, up, m)
 	img, err := containerd.Resolve(context.Background(), ref, ocispec.Platform{OS: "linux", Architecture: "amd64"})
 	if err != nil {
 		t.Fatalf("pull through the mirror: %v", err)
 	}
 	for _, u := range rec.seen() {
-		if !strings.HasPrefix(u, mirrorSrv.URL) {
+		if !strings.HasPrefix(u, mirrorURL) {
 			t.Fatalf("request bypassed the mirror: %s", u)
 		}
 	}
@@ -140,6 +136,96 @@ func TestPullThroughMirrorLearnsLayers(t *testing.T) {
 	if _, err := store.Get(digest.FromString("unknown")); !errdefs.IsNotFound(err) {
 		t.Fatalf("unknown chain: got %v, want NotFound", err)
 	}
+}
+
+// containerdThrough serves m and returns a registry client that pulls from up the way
+// containerd does with a hosts.toml naming m as up's mirror, recording its requests.
+func containerdThrough(t *testing.T, up string, m *Mirror) (*registry.Client, *recordingTransport, string) {
+	t.Helper()
+	mirrorSrv := httptest.NewServer(m)
+	t.Cleanup(mirrorSrv.Close)
+	hostsDir := filepath.Join(t.TempDir(), "certs.d")
+	os.MkdirAll(filepath.Join(hostsDir, up), 0o755)
+	hostsToml := "server = \"http://" + up + "\"\n[host.\"" + mirrorSrv.URL + "\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	if err := os.WriteFile(filepath.Join(hostsDir, up, "hosts.toml"), []byte(hostsToml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	rec := &recordingTransport{}
+	containerd := registry.New(
+		registry.WithHostsDir(hostsDir),
+		registry.WithCredentials(func(string) (string, string, error) { return "user", "pass", nil }),
+		registry.WithHTTPClient(&http.Client{Transport: rec}),
+	)
+	return containerd, rec, mirrorSrv.URL
+}
+
+// TestBlobsComeThroughTheBlockCache pulls every layer blob of an image through the mirror
+// twice: both copies are whole and verified, and the registry sent each blob once.
+func TestBlobsComeThroughTheBlockCache(t *testing.T) {
+	var sent atomic.Int64
+	up := countingUpstream(t, &sent)
+	ref := up + "/team/app:v1"
+	pushImage(t, ref)
+	store, err := OpenStore(filepath.Join(t.TempDir(), "chains.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	client := registry.New(registry.WithInsecureRegistries(up))
+	cache, err := blockcache.New(4<<20, blockcache.WithBlockSize(16<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	containerd, _, mirrorURL := containerdThrough(t, up, New(client, store, WithBlobs(blobs.New(cache, client))))
+	img, err := containerd.Resolve(t.Context(), ref, ocispec.Platform{OS: "linux", Architecture: "amd64"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sent.Store(0) // the config went through before
+	var total int64
+	for round := range 2 {
+		for _, l := range img.Layers {
+			rc, err := containerd.OpenBlob(t.Context(), up, "team/app", l.Descriptor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n, err := io.Copy(io.Discard, rc) // OpenBlob checks the digest at EOF
+			rc.Close()
+			if err != nil || n != l.Descriptor.Size {
+				t.Fatalf("round %d, layer %s: %d bytes, %v", round, l.Descriptor.Digest, n, err)
+			}
+			if round == 0 {
+				total += n
+			}
+		}
+	}
+	if got := sent.Load(); got != total {
+		t.Errorf("registry sent %d blob bytes for two pulls of %d bytes, want one copy", got, total)
+	}
+	if before := cache.Stats().Fills; before == 0 {
+		t.Error("no block went through the cache")
+	}
+
+	// Without credentials, the caller gets the registry's own challenge.
+	resp, err := http.Get(mirrorURL + "/v2/team/app/blobs/" + img.Layers[0].Descriptor.Digest.String() + "?ns=" + up)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("WWW-Authenticate") == "" {
+		t.Errorf("blob without credentials: %s, challenge %q; want 401 with the registry's challenge", resp.Status, resp.Header.Get("WWW-Authenticate"))
+	}
+}
+
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n.Add(int64(len(p)))
+	return c.ResponseWriter.Write(p)
 }
 
 // recordingTransport records the URL of every request containerd's side sends.
