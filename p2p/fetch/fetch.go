@@ -1,0 +1,457 @@
+package fetch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/wire"
+)
+
+// Parent is a peer that holds, or is receiving, the task.
+type Parent struct {
+	// ID names the peer (the scheduler's peer id); Addr is its block service host:port.
+	ID, Addr string
+	// Vouches says the parent can serve the task's digests: a seed, or a peer that holds
+	// the whole verified task.
+	Vouches bool
+}
+
+// ParentSource supplies candidate parents for a task: the scheduler, or a fixed list.
+type ParentSource interface {
+	// Parents returns candidates other than those in exclude (set aside as failed).
+	Parents(ctx context.Context, task layer.TaskID, exclude []string) ([]Parent, error)
+}
+
+// Reason classifies a failed block request, as reported.
+type Reason int
+
+const (
+	ReasonDigestMismatch Reason = iota + 1
+	ReasonTimeout
+	ReasonConnection
+	ReasonBusy
+	ReasonNotFound
+)
+
+// Reporter learns of each block fetched and each failure, e.g. to tell the scheduler.
+type Reporter interface {
+	BlockFetched(task layer.TaskID, index int, parentID string, took time.Duration)
+	BlockFailed(task layer.TaskID, index int, parentID string, reason Reason, err error)
+}
+
+// Landing is told of each verified block before the cache commits it (tasks.Registry).
+type Landing interface {
+	Landed(task layer.TaskID, index int)
+}
+
+// Task is what a Fetcher fetches.
+type Task struct {
+	ID        layer.TaskID
+	Size      int64
+	BlockSize int64
+	// Digests, if known (this node's complete record), verify blocks without asking.
+	Digests []layer.BlockDigest
+}
+
+// Tuning bounds, overridable by options.
+const (
+	// DefaultWait is how long a parent may wait for a block it is still receiving.
+	DefaultWait = 20 * time.Second
+	// minRate is the slowest transfer tolerated before a parent counts as stalled.
+	minRate = 256 << 10
+	// cooldown sets aside a parent that failed or stalled.
+	cooldown = 3 * time.Second
+	// busyBackoff sets aside a parent that answered busy.
+	busyBackoff = 100 * time.Millisecond
+	// initialRate is assumed of a parent not measured yet, so new parents get tried.
+	initialRate = 50 << 20
+	// maxAttempts bounds the requests for one block.
+	maxAttempts = 64
+)
+
+// ErrNoParent means no parent could deliver a block.
+var ErrNoParent = errors.New("no parent could deliver the block")
+
+// Fetcher fills blocks of one task from parents. It is safe for concurrent use.
+type Fetcher struct {
+	client   *peer.Client
+	task     Task
+	parents  ParentSource
+	reporter Reporter
+	landing  Landing
+	wait     time.Duration
+	now      func() time.Time
+
+	mu      sync.Mutex
+	rng     *rand.Rand
+	known   map[string]*parentState
+	digests []layer.BlockDigest // verified digests known, a prefix of the table
+	total   int                 // blocks in the task
+	tableMu sync.Mutex          // one digest request at a time
+}
+
+type parentState struct {
+	Parent
+	rate      float64 // bytes/s we measured, EWMA
+	freeSlots int
+	inflight  int
+	bad       bool      // sent a corrupt block: never again for this task
+	until     time.Time // set aside until then
+}
+
+// Option configures a Fetcher.
+type Option func(*Fetcher)
+
+// WithReporter reports fetches and failures to r.
+func WithReporter(r Reporter) Option { return func(f *Fetcher) { f.reporter = r } }
+
+// WithLanding tells l of each verified block.
+func WithLanding(l Landing) Option { return func(f *Fetcher) { f.landing = l } }
+
+// WithWait sets how long a parent may wait for a block it is still receiving.
+func WithWait(d time.Duration) Option { return func(f *Fetcher) { f.wait = d } }
+
+// New returns a Fetcher of task from the parents src supplies, over client.
+func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fetcher, error) {
+	if err := task.ID.Validate(); err != nil {
+		return nil, fmt.Errorf("fetcher: %w", err)
+	}
+	total := layer.BlockCount(task.Size, task.BlockSize)
+	if task.Size < 0 || task.BlockSize < layer.MinBlockSize || task.BlockSize > layer.MaxBlockSize {
+		return nil, fmt.Errorf("fetcher %s: size %d in blocks of %d", task.ID, task.Size, task.BlockSize)
+	}
+	if task.Digests != nil && len(task.Digests) != total {
+		return nil, fmt.Errorf("fetcher %s: %d digests for %d blocks", task.ID, len(task.Digests), total)
+	}
+	f := &Fetcher{
+		client: client, task: task, parents: src, wait: DefaultWait, now: time.Now,
+		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState),
+		digests: task.Digests, total: total,
+	}
+	for _, o := range opts {
+		o(f)
+	}
+	return f, nil
+}
+
+// FillBlock implements blockcache.Filler.
+func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte) (int, error) {
+	if key.Task != f.task.ID || key.Index < 0 || key.Index >= f.total {
+		return 0, fmt.Errorf("fetch %s: not a block of %s (%d blocks)", key, f.task.ID, f.total)
+	}
+	want := min(f.task.BlockSize, f.task.Size-int64(key.Index)*f.task.BlockSize)
+	if int64(len(buf)) < want {
+		return 0, fmt.Errorf("fetch %s: buffer of %d bytes for a %d-byte block", key, len(buf), want)
+	}
+	digest, err := f.digest(ctx, key.Index)
+	if err != nil {
+		return 0, fmt.Errorf("fetch %s: %w", key, err)
+	}
+	var lastErr error
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		p, err := f.choose(ctx)
+		if err != nil {
+			if lastErr != nil {
+				err = fmt.Errorf("%w (last failure: %w)", err, lastErr)
+			}
+			return 0, fmt.Errorf("fetch %s: %w", key, err)
+		}
+		n, err := f.fetchFrom(ctx, p, key.Index, buf[:want])
+		if err == nil && layer.DigestBlock(buf[:n]) != digest {
+			err = fmt.Errorf("block %d from %s: %w", key.Index, p.Addr, layer.ErrDigestMismatch)
+			f.markBad(p)
+			f.report(key.Index, p, ReasonDigestMismatch, err)
+			log.G(ctx).WithFields(log.Fields{"task": f.task.ID, "block": key.Index, "parent": p.Addr}).Warn("parent sent a corrupt block; it is set aside for this task")
+		}
+		if err == nil {
+			if f.landing != nil {
+				f.landing.Landed(f.task.ID, key.Index)
+			}
+			return n, nil
+		}
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("fetch %s: %w", key, ctx.Err())
+		}
+		lastErr = err
+	}
+	return 0, fmt.Errorf("fetch %s: %w after %d attempts: %w", key, ErrNoParent, maxAttempts, lastErr)
+}
+
+// fetchFrom asks p for block i, within a bounded time, and records how it went.
+func (f *Fetcher) fetchFrom(ctx context.Context, p *parentState, i int, buf []byte) (int, error) {
+	limit := f.wait + time.Duration(float64(len(buf))/minRate*float64(time.Second)) + time.Second
+	rctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	start := f.now()
+	n, st, err := f.client.Block(rctx, p.Addr, f.task.ID, i, f.wait, buf)
+	took := f.now().Sub(start)
+	f.mu.Lock()
+	p.freeSlots = st.FreeSlots
+	f.mu.Unlock()
+
+	reason := f.record(ctx, p, n, len(buf), took, &err)
+	if reason != 0 {
+		f.report(i, p, reason, err)
+		return 0, err
+	}
+	if f.reporter != nil {
+		f.reporter.BlockFetched(f.task.ID, i, p.ID, took)
+	}
+	return n, nil
+}
+
+// record updates what is known of p after a request that took took and ended with *err,
+// and classifies a failure (0 for none). A short block becomes a failure.
+func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took time.Duration, err *error) Reason {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	p.inflight--
+	now := f.now()
+	switch {
+	case *err == nil && n != want:
+		*err = fmt.Errorf("block from %s: %d bytes, want %d: %w", p.Addr, n, want, layer.ErrDigestMismatch)
+		p.bad = true
+		return ReasonDigestMismatch
+	case *err == nil:
+		if secs := took.Seconds(); secs > 0 {
+			p.rate = 0.7*p.rate + 0.3*float64(n)/secs
+		}
+		return 0
+	case errors.Is(*err, peer.ErrBusy):
+		p.until = now.Add(busyBackoff)
+		return ReasonBusy
+	case errors.Is(*err, peer.ErrNotFound):
+		p.until = now.Add(cooldown)
+		return ReasonNotFound
+	case ctx.Err() == nil && errors.Is(*err, context.DeadlineExceeded):
+		p.until = now.Add(cooldown)
+		p.rate /= 2
+		f.client.Forget(p.Addr)
+		return ReasonTimeout
+	default:
+		p.until = now.Add(cooldown)
+		f.client.Forget(p.Addr)
+		return ReasonConnection
+	}
+}
+
+func (f *Fetcher) report(i int, p *parentState, r Reason, err error) {
+	if f.reporter != nil {
+		f.reporter.BlockFailed(f.task.ID, i, p.ID, r, err)
+	}
+}
+
+func (f *Fetcher) markBad(p *parentState) {
+	f.mu.Lock()
+	p.bad = true
+	f.mu.Unlock()
+}
+
+// choose picks a parent for one request by weighted random, asking the ParentSource for
+// more when none is usable, and waiting for one set aside when that is all there is.
+func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
+	refreshed := false
+	for {
+		f.mu.Lock()
+		p, next := f.pickLocked()
+		if p != nil {
+			p.inflight++
+			f.mu.Unlock()
+			return p, nil
+		}
+		f.mu.Unlock()
+		if !refreshed {
+			refreshed = true
+			if err := f.refresh(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if next.IsZero() {
+			return nil, ErrNoParent
+		}
+		t := time.NewTimer(max(next.Sub(f.now()), time.Millisecond))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		}
+		refreshed = false
+	}
+}
+
+// pickLocked returns a usable parent, or, if none, when the first set-aside one is usable
+// again (zero if none will be).
+func (f *Fetcher) pickLocked() (*parentState, time.Time) {
+	now := f.now()
+	var (
+		total float64
+		next  time.Time
+		cands []*parentState
+		ws    []float64
+	)
+	for _, p := range f.known {
+		if p.bad {
+			continue
+		}
+		if now.Before(p.until) {
+			if next.IsZero() || p.until.Before(next) {
+				next = p.until
+			}
+			continue
+		}
+		w := p.rate / float64(1+p.inflight)
+		if p.freeSlots == 0 {
+			w /= 4 // it reported no free slot last time; it may have one now
+		}
+		cands = append(cands, p)
+		ws = append(ws, w)
+		total += w
+	}
+	if len(cands) == 0 {
+		return nil, next
+	}
+	x := f.rng.Float64() * total
+	for i, w := range ws {
+		if x < w {
+			return cands[i], time.Time{}
+		}
+		x -= w
+	}
+	return cands[len(cands)-1], time.Time{}
+}
+
+// refresh asks the ParentSource for candidates, excluding bad parents.
+func (f *Fetcher) refresh(ctx context.Context) error {
+	f.mu.Lock()
+	var exclude []string
+	for id, p := range f.known {
+		if p.bad {
+			exclude = append(exclude, id)
+		}
+	}
+	f.mu.Unlock()
+	ps, err := f.parents.Parents(ctx, f.task.ID, exclude)
+	if err != nil {
+		return fmt.Errorf("candidate parents: %w", err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range ps {
+		if old, ok := f.known[p.ID]; ok {
+			old.Vouches = p.Vouches
+			if old.Addr != p.Addr {
+				old.Addr, old.until = p.Addr, time.Time{}
+			}
+			continue
+		}
+		f.known[p.ID] = &parentState{Parent: p, rate: initialRate, freeSlots: 1}
+	}
+	return nil
+}
+
+// digest returns the digest of block i, asking parents that vouch for digests as needed.
+func (f *Fetcher) digest(ctx context.Context, i int) (layer.BlockDigest, error) {
+	for {
+		f.mu.Lock()
+		if i < len(f.digests) {
+			d := f.digests[i]
+			f.mu.Unlock()
+			return d, nil
+		}
+		f.mu.Unlock()
+		if err := f.moreDigests(ctx); err != nil {
+			return layer.BlockDigest{}, err
+		}
+	}
+}
+
+// moreDigests extends the known digests from a parent that vouches for them.
+func (f *Fetcher) moreDigests(ctx context.Context) error {
+	f.tableMu.Lock()
+	defer f.tableMu.Unlock()
+	var lastErr error
+	for range maxAttempts {
+		f.mu.Lock()
+		from := len(f.digests)
+		var vouchers []*parentState
+		for _, p := range f.known {
+			if p.Vouches && !p.bad && !f.now().Before(p.until) {
+				vouchers = append(vouchers, p)
+			}
+		}
+		f.mu.Unlock()
+		if from >= f.total {
+			return nil // another caller got them meanwhile
+		}
+		if len(vouchers) == 0 {
+			if err := f.refresh(ctx); err != nil {
+				return err
+			}
+			f.mu.Lock()
+			for _, p := range f.known {
+				if p.Vouches && !p.bad {
+					vouchers = append(vouchers, p)
+				}
+			}
+			f.mu.Unlock()
+			if len(vouchers) == 0 {
+				return fmt.Errorf("no parent vouches for the digests of %s: %w", f.task.ID, ErrNoParent)
+			}
+		}
+		p := vouchers[f.randN(len(vouchers))]
+		rctx, cancel := context.WithTimeout(ctx, f.wait+10*time.Second)
+		part, _, err := f.client.Table(rctx, p.Addr, f.task.ID, from, f.wait)
+		cancel()
+		if err == nil {
+			err = f.acceptDigests(part, from)
+		}
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		lastErr = err
+		f.mu.Lock()
+		p.until = f.now().Add(cooldown)
+		f.mu.Unlock()
+	}
+	return fmt.Errorf("digests of %s: %w", f.task.ID, lastErr)
+}
+
+func (f *Fetcher) acceptDigests(part wire.TablePart, from int) error {
+	if part.Total != 0 && part.Total != f.total {
+		return fmt.Errorf("parent says %s has %d blocks, want %d", f.task.ID, part.Total, f.total)
+	}
+	if from+len(part.Digests) > f.total {
+		return fmt.Errorf("parent sent %d digests from %d of %d blocks", len(part.Digests), from, f.total)
+	}
+	if len(part.Digests) == 0 {
+		return fmt.Errorf("parent sent no digests from %d", from)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.digests) == from {
+		f.digests = append(f.digests, part.Digests...)
+	}
+	return nil
+}
+
+func (f *Fetcher) randN(n int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rng.IntN(n)
+}
+
+var _ blockcache.Filler = (*Fetcher)(nil)

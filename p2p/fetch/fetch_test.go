@@ -1,0 +1,326 @@
+package fetch_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/fetch"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/stream"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tasks"
+)
+
+const blockSize = 64 << 10
+
+// node is one peer: a block cache, its record, and a block server on loopback.
+type node struct {
+	id       string
+	cache    *blockcache.Cache
+	registry *tasks.Registry
+	server   *peer.Server
+	addr     string
+}
+
+func newNode(t *testing.T, id string, holder func(*tasks.Registry) peer.Holder) *node {
+	t.Helper()
+	cache, err := blockcache.New(64<<20, blockcache.WithBlockSize(blockSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := &node{id: id, cache: cache, registry: tasks.New(cache)}
+	h := peer.Holder(n.registry)
+	if holder != nil {
+		h = holder(n.registry)
+	}
+	n.server = peer.NewServer(h)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.addr = ln.Addr().String()
+	go n.server.Serve(context.Background(), ln)
+	t.Cleanup(func() {
+		n.server.Close()
+		cache.Close()
+	})
+	return n
+}
+
+// testTask is a random stream cut into blocks.
+type testTask struct {
+	id    layer.TaskID
+	data  []byte
+	table layer.BlockTable
+}
+
+func newTestTask(size int) *testTask {
+	data := make([]byte, size)
+	r := rand.New(rand.NewPCG(uint64(size), 3))
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	table := layer.BlockTable{BlockSize: blockSize, Size: int64(size)}
+	for i := range table.Count() {
+		off, n := table.Range(i)
+		table.Digests = append(table.Digests, layer.DigestBlock(data[off:off+n]))
+	}
+	return &testTask{id: layer.TaskIDFromDigest(digest.FromBytes(data)), data: data, table: table}
+}
+
+func (tt *testTask) block(i int) []byte {
+	off, n := tt.table.Range(i)
+	return tt.data[off : off+n]
+}
+
+// seed plays a seed's streaming pass on n: block by block into the cache with its digest,
+// waiting gate(i) before block i, then completes the task with a refill from memory.
+func (tt *testTask) seed(t *testing.T, n *node, gate func(i int)) (refills *atomic.Int64) {
+	refills = new(atomic.Int64)
+	n.registry.StartPass(tt.id)
+	go func() {
+		for i := range tt.table.Count() {
+			if gate != nil {
+				gate(i)
+			}
+			w, err := n.cache.Begin(context.Background(), layer.BlockKey{Task: tt.id, Index: i})
+			if err != nil {
+				t.Errorf("seed block %d: %v", i, err)
+				return
+			}
+			w.Commit(copy(w.Buffer(), tt.block(i)))
+			n.registry.Produced(tt.id, i, tt.table.Digests[i])
+		}
+		n.registry.Complete(tt.id, tt.table, blockcache.FillerFunc(func(_ context.Context, k layer.BlockKey, buf []byte) (int, error) {
+			refills.Add(1)
+			return copy(buf, tt.block(k.Index)), nil
+		}))
+	}()
+	return refills
+}
+
+// parents is a fixed ParentSource.
+type parents []fetch.Parent
+
+func (ps parents) Parents(_ context.Context, _ layer.TaskID, exclude []string) ([]fetch.Parent, error) {
+	var out []fetch.Parent
+	for _, p := range ps {
+		excluded := false
+		for _, e := range exclude {
+			excluded = excluded || e == p.ID
+		}
+		if !excluded {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// reporter counts failures by reason.
+type reporter struct {
+	mu       sync.Mutex
+	fetched  int
+	failures map[fetch.Reason]int
+}
+
+func (r *reporter) BlockFetched(layer.TaskID, int, string, time.Duration) {
+	r.mu.Lock()
+	r.fetched++
+	r.mu.Unlock()
+}
+
+func (r *reporter) BlockFailed(_ layer.TaskID, _ int, _ string, reason fetch.Reason, _ error) {
+	r.mu.Lock()
+	if r.failures == nil {
+		r.failures = make(map[fetch.Reason]int)
+	}
+	r.failures[reason]++
+	r.mu.Unlock()
+}
+
+func (r *reporter) count(reason fetch.Reason) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.failures[reason]
+}
+
+// download fetches the whole task into n from ps, checks it, and makes n vouch for it.
+func download(ctx context.Context, n *node, tt *testTask, ps parents, rep fetch.Reporter) error {
+	n.registry.Expect(tt.id)
+	opts := []fetch.Option{fetch.WithLanding(n.registry), fetch.WithWait(5 * time.Second)}
+	if rep != nil {
+		opts = append(opts, fetch.WithReporter(rep))
+	}
+	f, err := fetch.New(peer.NewClient(), fetch.Task{ID: tt.id, Size: int64(len(tt.data)), BlockSize: blockSize}, ps, opts...)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	var table layer.BlockTable
+	_, err = stream.Copy(ctx, h, n.cache, stream.Task{ID: tt.id, Size: int64(len(tt.data)), Digest: tt.id.Digest()}, f,
+		stream.WithWindow(8), stream.WithVerified(func(bt layer.BlockTable) { table = bt }))
+	if err != nil {
+		n.registry.Abandon(tt.id)
+		return err
+	}
+	if digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)) != tt.id.Digest() {
+		return errors.New("downloaded stream does not match")
+	}
+	n.registry.Complete(tt.id, table, nil)
+	return nil
+}
+
+func TestEightPeersPipelineFromOneSeed(t *testing.T) {
+	tt := newTestTask(8<<20 + 12345)
+	seed := newNode(t, "seed", nil)
+	// The seed produces one block every 2 ms: children fetch while it is still producing.
+	tt.seed(t, seed, func(int) { time.Sleep(2 * time.Millisecond) })
+	nodes := make([]*node, 8)
+	for i := range nodes {
+		nodes[i] = newNode(t, string(rune('a'+i)), nil)
+	}
+	// A chain of parents: node i asks the seed and the nodes before it.
+	var wg sync.WaitGroup
+	errs := make([]error, len(nodes))
+	for i, n := range nodes {
+		ps := parents{{ID: "seed", Addr: seed.addr, Vouches: true}}
+		for _, before := range nodes[:i] {
+			ps = append(ps, fetch.Parent{ID: before.id, Addr: before.addr})
+		}
+		wg.Go(func() { errs[i] = download(t.Context(), n, tt, ps, nil) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("peer %d: %v", i, err)
+		}
+	}
+	var fromPeers int64
+	for _, n := range nodes {
+		fromPeers += n.server.UploadedBytes()
+	}
+	t.Logf("seed uploaded %d bytes, peers %d bytes, for %d peers × %d bytes", seed.server.UploadedBytes(), fromPeers, len(nodes), len(tt.data))
+	if fromPeers == 0 {
+		t.Error("no peer served another: every block came from the seed")
+	}
+}
+
+func TestCorruptParentIsDetectedAndAvoided(t *testing.T) {
+	tt := newTestTask(2<<20 + 7)
+	seed := newNode(t, "seed", nil)
+	tt.seed(t, seed, nil)
+	// The corrupt peer holds the task but flips a byte of every block it serves.
+	scratch, err := blockcache.New(64<<20, blockcache.WithBlockSize(blockSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scratch.Close()
+	bad := newNode(t, "bad", func(r *tasks.Registry) peer.Holder { return &corruptHolder{Registry: r, scratch: scratch} })
+	if err := download(t.Context(), bad, tt, parents{{ID: "seed", Addr: seed.addr, Vouches: true}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	child := newNode(t, "child", nil)
+	rep := &reporter{}
+	if err := download(t.Context(), child, tt, parents{{ID: "bad", Addr: bad.addr}, {ID: "seed", Addr: seed.addr, Vouches: true}}, rep); err != nil {
+		t.Fatalf("download with a corrupt parent: %v", err)
+	}
+	if rep.count(fetch.ReasonDigestMismatch) == 0 {
+		t.Fatal("the corrupt parent was never caught: did the child never ask it?")
+	}
+	// Requests already in flight to it when the first corrupt block arrived are caught too;
+	// after that it is never asked again.
+	if got, window := rep.count(fetch.ReasonDigestMismatch), 8; got > window+1 {
+		t.Errorf("the corrupt parent was caught %d times, want at most the window (%d) plus one: it is set aside after the first", got, window)
+	}
+}
+
+// corruptHolder serves corrupt copies of its blocks, made in a scratch cache so that its
+// own cached blocks stay intact.
+type corruptHolder struct {
+	*tasks.Registry
+	scratch *blockcache.Cache
+	seq     atomic.Int64
+}
+
+func (c *corruptHolder) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
+	b, err := c.Registry.Block(ctx, id, i)
+	if err != nil {
+		return nil, err
+	}
+	defer b.Release()
+	data := b.Bytes()
+	key := layer.BlockKey{Task: "sha256:" + layer.TaskID(bytes.Repeat([]byte("e"), 64)), Index: int(c.seq.Add(1))}
+	return c.scratch.Get(ctx, key, blockcache.FillerFunc(func(_ context.Context, _ layer.BlockKey, buf []byte) (int, error) {
+		n := copy(buf, data)
+		buf[n/2] ^= 0x55
+		return n, nil
+	}))
+}
+
+func TestParentKilledMidTransfer(t *testing.T) {
+	tt := newTestTask(4<<20 + 1)
+	seed := newNode(t, "seed", nil)
+	// The seed produces slowly, so the parent is killed while the child still needs it.
+	tt.seed(t, seed, func(int) { time.Sleep(3 * time.Millisecond) })
+	parent := newNode(t, "parent", nil)
+	go download(context.Background(), parent, tt, parents{{ID: "seed", Addr: seed.addr, Vouches: true}}, nil)
+	child := newNode(t, "child", nil)
+	rep := &reporter{}
+	done := make(chan error, 1)
+	go func() {
+		done <- download(t.Context(), child, tt, parents{{ID: "parent", Addr: parent.addr}, {ID: "seed", Addr: seed.addr, Vouches: true}}, rep)
+	}()
+	time.Sleep(40 * time.Millisecond)
+	parent.server.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("child after its parent died: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("child did not complete within 60 s of its parent's death")
+	}
+}
+
+func TestInFlightBlockIsServedWithoutRefetch(t *testing.T) {
+	tt := newTestTask(4 * blockSize)
+	seed := newNode(t, "seed", nil)
+	release := make(chan struct{})
+	refills := tt.seed(t, seed, func(i int) {
+		if i == 2 {
+			<-release // block 2 is still "downloading" at the seed
+		}
+	})
+	got := make(chan error, 1)
+	go func() {
+		buf := make([]byte, blockSize)
+		n, _, err := peer.NewClient().Block(t.Context(), seed.addr, tt.id, 2, 10*time.Second, buf)
+		if err == nil && !bytes.Equal(buf[:n], tt.block(2)) {
+			err = errors.New("wrong bytes")
+		}
+		got <- err
+	}()
+	select {
+	case err := <-got:
+		t.Fatalf("the request for an in-flight block answered before the block landed: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if n := refills.Load(); n != 0 {
+		t.Errorf("the seed refilled %d blocks; the in-flight block should be served as it landed", n)
+	}
+}

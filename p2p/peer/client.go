@@ -1,0 +1,198 @@
+package peer
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/wire"
+)
+
+// Errors a Client returns for a peer's answers.
+var (
+	// ErrBusy: the peer had no free upload slot.
+	ErrBusy = errors.New("peer busy")
+	// ErrNotFound: the peer does not hold it, or did not get it within the wait.
+	ErrNotFound = errors.New("peer does not hold it")
+	// ErrPeer: the peer failed or refused the request.
+	ErrPeer = errors.New("peer error")
+)
+
+// maxIdlePerPeer bounds the idle connections kept per peer.
+const maxIdlePerPeer = 16
+
+// dialTimeout bounds connecting to a peer.
+const dialTimeout = 5 * time.Second
+
+// Client asks peers for blocks and digests. It is safe for concurrent use.
+type Client struct {
+	dialer net.Dialer
+
+	mu     sync.Mutex
+	idle   map[string][]*conn
+	closed bool
+}
+
+type conn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+// NewClient returns a client.
+func NewClient() *Client {
+	return &Client{dialer: net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}, idle: make(map[string][]*conn)}
+}
+
+// Close closes the idle connections; connections in use close when their request ends.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for addr, cs := range c.idle {
+		for _, cn := range cs {
+			cn.Close()
+		}
+		delete(c.idle, addr)
+	}
+	return nil
+}
+
+// Block asks the peer at addr for block index of task, allowing it to wait up to wait for a
+// block it is still receiving, and reads it into buf, which must be large enough for the
+// block. It returns the block's length and the peer's state. The bytes are not verified.
+func (c *Client) Block(ctx context.Context, addr string, task layer.TaskID, index int, wait time.Duration, buf []byte) (int, wire.State, error) {
+	var n int
+	st, err := c.do(ctx, addr, wire.Request{Op: wire.OpBlock, Task: task, Index: index, Wait: wait}, func(h wire.ResponseHeader, r io.Reader) error {
+		if h.Length > len(buf) {
+			return fmt.Errorf("block of %d bytes, want at most %d: %w", h.Length, len(buf), wire.ErrMalformed)
+		}
+		n = h.Length
+		_, err := io.ReadFull(r, buf[:n])
+		return err
+	})
+	if err != nil {
+		return 0, st, fmt.Errorf("peer %s: block %d of %s: %w", addr, index, task, err)
+	}
+	return n, st, nil
+}
+
+// Table asks the peer at addr for the digests of task's blocks from index from on.
+func (c *Client) Table(ctx context.Context, addr string, task layer.TaskID, from int, wait time.Duration) (wire.TablePart, wire.State, error) {
+	var part wire.TablePart
+	st, err := c.do(ctx, addr, wire.Request{Op: wire.OpTable, Task: task, Index: from, Wait: wait}, func(h wire.ResponseHeader, r io.Reader) error {
+		b := make([]byte, h.Length)
+		if _, err := io.ReadFull(r, b); err != nil {
+			return err
+		}
+		var err error
+		part, err = wire.ParseTablePart(b)
+		if err == nil && part.From != from {
+			err = fmt.Errorf("digests from %d, asked from %d: %w", part.From, from, wire.ErrMalformed)
+		}
+		return err
+	})
+	if err != nil {
+		return wire.TablePart{}, st, fmt.Errorf("peer %s: digests of %s from %d: %w", addr, task, from, err)
+	}
+	return part, st, nil
+}
+
+// do sends req on a pooled connection and hands an OK answer's payload to read. The
+// connection goes back to the pool only after a whole, well-formed exchange.
+func (c *Client) do(ctx context.Context, addr string, req wire.Request, read func(wire.ResponseHeader, io.Reader) error) (wire.State, error) {
+	cn, err := c.get(ctx, addr)
+	if err != nil {
+		return wire.State{}, err
+	}
+	// The connection is closed if ctx ends mid-exchange: that unblocks reads and writes.
+	stop := context.AfterFunc(ctx, func() { cn.Close() })
+	st, err := exchange(cn, req, read)
+	if !stop() {
+		cn.Close()
+		if err == nil || ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return st, err
+	}
+	if err != nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrPeer) {
+		cn.Close()
+		return st, err
+	}
+	c.put(addr, cn)
+	return st, err
+}
+
+func exchange(cn *conn, req wire.Request, read func(wire.ResponseHeader, io.Reader) error) (wire.State, error) {
+	// The peer may wait req.Wait before it answers; allow for the transfer on top.
+	cn.SetDeadline(time.Now().Add(req.Wait + ioTimeout))
+	if err := wire.WriteRequest(cn, req); err != nil {
+		return wire.State{}, err
+	}
+	h, err := wire.ReadResponseHeader(cn.r)
+	if err != nil {
+		return wire.State{}, err
+	}
+	if h.Status != wire.StatusOK {
+		msg := make([]byte, min(h.Length, 4096))
+		if _, err := io.ReadFull(cn.r, msg); err != nil {
+			return h.State, err
+		}
+		if _, err := io.CopyN(io.Discard, cn.r, int64(h.Length-len(msg))); err != nil {
+			return h.State, err
+		}
+		switch h.Status {
+		case wire.StatusBusy:
+			return h.State, ErrBusy
+		case wire.StatusNotFound:
+			return h.State, fmt.Errorf("%w: %s", ErrNotFound, msg)
+		}
+		return h.State, fmt.Errorf("%w: %s: %s", ErrPeer, h.Status, msg)
+	}
+	if err := read(h, io.LimitReader(cn.r, int64(h.Length))); err != nil {
+		return h.State, err
+	}
+	return h.State, nil
+}
+
+func (c *Client) get(ctx context.Context, addr string) (*conn, error) {
+	c.mu.Lock()
+	if cs := c.idle[addr]; len(cs) > 0 {
+		cn := cs[len(cs)-1]
+		c.idle[addr] = cs[:len(cs)-1]
+		c.mu.Unlock()
+		return cn, nil
+	}
+	c.mu.Unlock()
+	nc, err := c.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return &conn{Conn: nc, r: bufio.NewReaderSize(nc, 64<<10)}, nil
+}
+
+func (c *Client) put(addr string, cn *conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed || len(c.idle[addr]) >= maxIdlePerPeer {
+		cn.Close()
+		return
+	}
+	c.idle[addr] = append(c.idle[addr], cn)
+}
+
+// Forget closes the idle connections to addr, e.g. after it failed.
+func (c *Client) Forget(addr string) {
+	c.mu.Lock()
+	cs := c.idle[addr]
+	delete(c.idle, addr)
+	c.mu.Unlock()
+	for _, cn := range cs {
+		cn.Close()
+	}
+}

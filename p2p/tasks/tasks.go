@@ -1,0 +1,243 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/wire"
+)
+
+// Registry is the record. It is safe for concurrent use.
+type Registry struct {
+	cache *blockcache.Cache
+
+	mu    sync.Mutex
+	tasks map[layer.TaskID]*task
+}
+
+type task struct {
+	receiving bool   // blocks not held yet may still land
+	producer  bool   // this node's seed pass produces the task's digests
+	held      []bool // by block index; grows as blocks land
+	digests   []layer.BlockDigest
+	complete  bool              // digests is the whole, verified table
+	refill    blockcache.Filler // refills evicted blocks, or nil
+	changed   chan struct{}     // closed and replaced on every change
+}
+
+// New returns an empty record of blocks kept in cache.
+func New(cache *blockcache.Cache) *Registry {
+	return &Registry{cache: cache, tasks: make(map[layer.TaskID]*task)}
+}
+
+func (r *Registry) taskLocked(id layer.TaskID) *task {
+	t := r.tasks[id]
+	if t == nil {
+		t = &task{changed: make(chan struct{})}
+		r.tasks[id] = t
+	}
+	return t
+}
+
+func (t *task) signal() {
+	close(t.changed)
+	t.changed = make(chan struct{})
+}
+
+func (t *task) setHeld(i int) {
+	if i >= len(t.held) {
+		t.held = append(t.held, make([]bool, i+1-len(t.held))...)
+	}
+	t.held[i] = true
+}
+
+// Expect records that this node is receiving id.
+func (r *Registry) Expect(id layer.TaskID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	t.receiving = true
+	t.signal()
+}
+
+// StartPass records that this node's seed pass is producing id, block by block with digests.
+func (r *Registry) StartPass(id layer.TaskID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	t.receiving, t.producer = true, true
+	t.signal()
+}
+
+// Landed records that block i of id is verified and about to enter the cache.
+func (r *Registry) Landed(id layer.TaskID, i int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	t.setHeld(i)
+	t.signal()
+}
+
+// Produced records block i of id, with its digest, from a seed's pass: blocks come in order.
+func (r *Registry) Produced(id layer.TaskID, i int, d layer.BlockDigest) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	if t.complete {
+		return nil
+	}
+	if i != len(t.digests) {
+		return fmt.Errorf("task %s: block %d produced after %d", id, i, len(t.digests))
+	}
+	t.digests = append(t.digests, d)
+	t.receiving, t.producer = true, true
+	t.setHeld(i)
+	t.signal()
+	return nil
+}
+
+// Complete records that id's whole stream verified with block table table; refill, if not
+// nil, fills blocks evicted from the cache.
+func (r *Registry) Complete(id layer.TaskID, table layer.BlockTable, refill blockcache.Filler) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	t.digests = table.Digests
+	t.complete, t.receiving, t.producer, t.refill = true, false, false, refill
+	if refill != nil {
+		t.held = make([]bool, len(table.Digests))
+		for i := range t.held {
+			t.held[i] = true
+		}
+	}
+	t.signal()
+}
+
+// Abandon records that id stopped arriving (a failed pass or download); its blocks that are
+// still cached stay served only if the task completed before.
+func (r *Registry) Abandon(id layer.TaskID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.tasks[id]; t != nil && !t.complete {
+		t.signal()
+		delete(r.tasks, id)
+	}
+}
+
+// Forget drops id from the record.
+func (r *Registry) Forget(id layer.TaskID) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.tasks[id]; t != nil {
+		t.signal()
+		delete(r.tasks, id)
+	}
+}
+
+// CompleteTable returns the complete block table of id, if this node has it.
+func (r *Registry) CompleteTable(id layer.TaskID) ([]layer.BlockDigest, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.tasks[id]; t != nil && t.complete {
+		return t.digests, true
+	}
+	return nil, false
+}
+
+// Block implements peer.Holder.
+func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
+	key := layer.BlockKey{Task: id, Index: i}
+	for {
+		r.mu.Lock()
+		t := r.tasks[id]
+		if t == nil {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("task %s: %w", id, peer.ErrNotHeld)
+		}
+		if t.complete && i >= len(t.digests) {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("task %s has %d blocks, not %d: %w", id, len(t.digests), i+1, peer.ErrNotHeld)
+		}
+		held := i < len(t.held) && t.held[i]
+		refill, receiving, changed := t.refill, t.receiving, t.changed
+		r.mu.Unlock()
+
+		if held {
+			b, err := r.cache.Lookup(ctx, key) // waits for the fill that is committing it
+			if err == nil {
+				return b, nil
+			}
+			if !errors.Is(err, blockcache.ErrNotCached) {
+				return nil, err
+			}
+			if refill != nil {
+				return r.cache.Get(ctx, key, refill)
+			}
+			r.evicted(id, i)
+			return nil, fmt.Errorf("block %s was evicted: %w", key, peer.ErrNotHeld)
+		}
+		// Not landed yet: a fill may be in flight already.
+		if b, err := r.cache.Lookup(ctx, key); err == nil {
+			return b, nil
+		} else if !errors.Is(err, blockcache.ErrNotCached) {
+			return nil, err
+		}
+		if !receiving {
+			return nil, fmt.Errorf("block %s: %w", key, peer.ErrNotHeld)
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("block %s not received in time: %w", key, ctx.Err())
+		}
+	}
+}
+
+func (r *Registry) evicted(id layer.TaskID, i int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if t := r.tasks[id]; t != nil && i < len(t.held) {
+		t.held[i] = false
+	}
+}
+
+// Table implements peer.Holder: digests from a seed's pass or of a complete task.
+func (r *Registry) Table(ctx context.Context, id layer.TaskID, from int) (wire.TablePart, error) {
+	for {
+		r.mu.Lock()
+		t := r.tasks[id]
+		if t == nil {
+			r.mu.Unlock()
+			return wire.TablePart{}, fmt.Errorf("digests of %s: %w", id, peer.ErrNotHeld)
+		}
+		if t.complete || len(t.digests) > from {
+			part := wire.TablePart{From: from, Complete: t.complete}
+			if t.complete {
+				part.Total = len(t.digests)
+			}
+			if from < len(t.digests) {
+				part.Digests = t.digests[from:min(len(t.digests), from+wire.MaxTableDigests)]
+			}
+			r.mu.Unlock()
+			return part, nil
+		}
+		if !t.producer {
+			r.mu.Unlock()
+			return wire.TablePart{}, fmt.Errorf("digests of %s: this node relays blocks but does not vouch for digests: %w", id, peer.ErrNotHeld)
+		}
+		changed := t.changed
+		r.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return wire.TablePart{}, fmt.Errorf("digests of %s from %d not produced in time: %w", id, from, ctx.Err())
+		}
+	}
+}
+
+var _ peer.Holder = (*Registry)(nil)

@@ -1,0 +1,105 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+)
+
+const id = layer.TaskID("sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+
+func newRegistry(t *testing.T) (*Registry, *blockcache.Cache) {
+	t.Helper()
+	c, err := blockcache.New(1<<20, blockcache.WithBlockSize(4096))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return New(c), c
+}
+
+func shortCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestTableVouching(t *testing.T) {
+	d := []layer.BlockDigest{layer.DigestBlock([]byte("0")), layer.DigestBlock([]byte("1"))}
+	for _, tc := range []struct {
+		name     string
+		setup    func(*Registry)
+		from     int
+		want     int // digests returned; -1 for ErrNotHeld, -2 for a timeout
+		complete bool
+	}{
+		{"unknown task", func(*Registry) {}, 0, -1, false},
+		{"relay does not vouch", func(r *Registry) { r.Expect(id); r.Landed(id, 0) }, 0, -1, false},
+		{"seed pass before its first block waits", func(r *Registry) { r.StartPass(id) }, 0, -2, false},
+		{"seed pass gives what it produced", func(r *Registry) { r.StartPass(id); r.Produced(id, 0, d[0]); r.Produced(id, 1, d[1]) }, 1, 1, false},
+		{"seed pass waits past what it produced", func(r *Registry) { r.StartPass(id); r.Produced(id, 0, d[0]) }, 1, -2, false},
+		{"complete task", func(r *Registry) { r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 8000, Digests: d}, nil) }, 0, 2, true},
+		{"complete task past its end", func(r *Registry) { r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 8000, Digests: d}, nil) }, 2, 0, true},
+		{"abandoned pass", func(r *Registry) { r.StartPass(id); r.Produced(id, 0, d[0]); r.Abandon(id) }, 0, -1, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newRegistry(t)
+			tc.setup(r)
+			part, err := r.Table(shortCtx(t), id, tc.from)
+			switch {
+			case tc.want == -1:
+				if !errors.Is(err, peer.ErrNotHeld) {
+					t.Fatalf("got %+v, %v; want ErrNotHeld", part, err)
+				}
+			case tc.want == -2:
+				if !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("got %+v, %v; want it to wait until the deadline", part, err)
+				}
+			default:
+				if err != nil || len(part.Digests) != tc.want || part.Complete != tc.complete || part.From != tc.from {
+					t.Fatalf("got %+v, %v; want %d digests from %d, complete %v", part, err, tc.want, tc.from, tc.complete)
+				}
+			}
+		})
+	}
+}
+
+func TestBlockWaitsForALandingBlock(t *testing.T) {
+	r, c := newRegistry(t)
+	if _, err := r.Block(shortCtx(t), id, 0); !errors.Is(err, peer.ErrNotHeld) {
+		t.Fatalf("unknown task: %v, want ErrNotHeld", err)
+	}
+	r.Expect(id)
+	key := layer.BlockKey{Task: id, Index: 3}
+	got := make(chan error, 1)
+	go func() {
+		b, err := r.Block(t.Context(), id, 3)
+		if err == nil {
+			if string(b.Bytes()) != "block 3" {
+				err = errors.New("wrong bytes")
+			}
+			b.Release()
+		}
+		got <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	w, err := c.Begin(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Landed(id, 3) // before the commit, as a fetcher does
+	w.Commit(copy(w.Buffer(), "block 3"))
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	// Evicted and nothing to refill from: no longer held.
+	c.Remove(key)
+	if _, err := r.Block(shortCtx(t), id, 3); !errors.Is(err, peer.ErrNotHeld) && !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("evicted block: %v", err)
+	}
+}
