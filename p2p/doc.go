@@ -1,9 +1,18 @@
-// Package p2p will hold the data plane between nodes: a block server that answers other
-// peers from the blockcache (waiting for blocks still in flight, so blocks stream down a tree
-// of peers), a downloader that fetches each block from one of several parents chosen from
-// their live state and verifies it against the layer's block table, seed mode (one streaming
-// pass from the registry with layer/ingest), and stream mode for consumers that read a layer
-// front to back.
+// Package p2p is this node's side of the P2P network: it decides, with the scheduler, where
+// each layer comes from, and serves what the node holds to other peers.
 //
-// Nothing is implemented here yet; the design is in docs/architecture.md.
+// A Node holds the block cache's record of tasks (package tasks), the block server (package
+// peer), the seed store (package seed, the back-to-source tier) and a Scheduler. Asked for a
+// layer, it returns one held on disk; otherwise it registers with the scheduler, which says
+// either to read the registry (the node then seeds the layer itself, and peers fetch its
+// blocks while its pass runs) or to fetch from parents: the node gets the layer index from a
+// parent that vouches for it (a seed or a peer that holds the whole verified layer) and
+// returns a layer whose blocks are fetched from parents on demand (package fetch), so a
+// container starts after reading only what it needs. Warm fetches a whole layer, checked
+// against its diffID, after which this node vouches for it too.
+//
+// The pieces, each in its own package: wire (the peer protocol), peer (block server and
+// client), tasks (what this node holds and vouches for), fetch (the downloader), stream
+// (front-to-back reads with a window), seed (one pass from the registry), blobs (registry
+// blobs through the cache for the mirror).
 package p2p

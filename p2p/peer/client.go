@@ -103,6 +103,21 @@ func (c *Client) Table(ctx context.Context, addr string, task layer.TaskID, from
 	return part, st, nil
 }
 
+// Index asks the peer at addr for task's encoded layer index, allowing it to wait up to wait
+// for one it is still producing. The caller decodes and checks it.
+func (c *Client) Index(ctx context.Context, addr string, task layer.TaskID, wait time.Duration) ([]byte, wire.State, error) {
+	var x []byte
+	st, err := c.do(ctx, addr, wire.Request{Op: wire.OpIndex, Task: task, Wait: wait}, func(h wire.ResponseHeader, r io.Reader) error {
+		x = make([]byte, h.Length)
+		_, err := io.ReadFull(r, x)
+		return err
+	})
+	if err != nil {
+		return nil, st, fmt.Errorf("peer %s: index of %s: %w", addr, task, err)
+	}
+	return x, st, nil
+}
+
 // do sends req on a pooled connection and hands an OK answer's payload to read. The
 // connection goes back to the pool only after a whole, well-formed exchange.
 func (c *Client) do(ctx context.Context, addr string, req wire.Request, read func(wire.ResponseHeader, io.Reader) error) (wire.State, error) {

@@ -39,6 +39,10 @@ func (h *gateHolder) Table(_ context.Context, _ layer.TaskID, from int) (wire.Ta
 	return wire.TablePart{Total: 100, From: from, Digests: make([]layer.BlockDigest, 100-from)}, nil
 }
 
+func (h *gateHolder) Index(context.Context, layer.TaskID) ([]byte, error) {
+	return []byte("index"), nil
+}
+
 func serve(t *testing.T, h Holder, opts ...ServerOption) (*Server, string) {
 	t.Helper()
 	s := NewServer(h, opts...)
@@ -85,6 +89,9 @@ func TestBlockTableAndErrors(t *testing.T) {
 	part, _, err := c.Table(t.Context(), addr, task, 40, time.Second)
 	if err != nil || part.From != 40 || len(part.Digests) != 60 {
 		t.Errorf("table: %+v, %v", part, err)
+	}
+	if x, _, err := c.Index(t.Context(), addr, task, time.Second); err != nil || string(x) != "index" {
+		t.Errorf("index: %q, %v", x, err)
 	}
 	if _, _, err := c.Block(t.Context(), "127.0.0.1:1", task, 1, time.Second, buf); err == nil {
 		t.Error("no error from a peer that does not listen")

@@ -29,6 +29,9 @@ type Holder interface {
 	// Table returns the digests of task's blocks from index from on that this node can vouch
 	// for. When it has none past from yet but expects some, it waits until ctx ends.
 	Table(ctx context.Context, task layer.TaskID, from int) (wire.TablePart, error)
+	// Index returns task's encoded layer index, if this node can vouch for it, waiting
+	// until ctx ends for one its seed pass is still producing.
+	Index(ctx context.Context, task layer.TaskID) ([]byte, error)
 }
 
 // DefaultSlots is the default number of requests a server handles at once.
@@ -196,6 +199,13 @@ func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req w
 			part.Digests = part.Digests[:wire.MaxTableDigests]
 		}
 		payload = wire.AppendTablePart(nil, part)
+	case wire.OpIndex:
+		x, err := s.holder.Index(wctx, req.Task)
+		if err != nil {
+			status, payload = errorStatus(err)
+			break
+		}
+		payload = x
 	}
 	if release != nil {
 		defer release()

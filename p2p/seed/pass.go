@@ -39,10 +39,12 @@ func (s *Store) seed(ctx context.Context, src Source) (_ *Layer, retErr error) {
 	}
 	defer blob.Close()
 
-	sink := &passSink{cache: s.cache, task: task, stream: stream}
+	sink := &passSink{cache: s.cache, task: task, stream: stream, observer: s.observer}
+	s.observer.StartPass(task)
 	defer func() {
 		if retErr != nil {
 			sink.dropBlocks() // blocks of a stream that did not verify must not stay readable
+			s.observer.Abandon(task)
 		}
 	}()
 	x, err := ingest.Build(ctx, blob, ingest.Options{
@@ -111,25 +113,30 @@ func writeFileSync(path string, b []byte) error {
 
 // passSink writes each block of the pass to the stream file and into the cache.
 type passSink struct {
-	cache  *blockcache.Cache
-	task   layer.TaskID
-	stream *os.File
-	blocks int
+	cache    *blockcache.Cache
+	task     layer.TaskID
+	stream   *os.File
+	observer Observer
+	blocks   int
 }
 
-func (p *passSink) WriteBlock(ctx context.Context, i int, data []byte, _ layer.BlockDigest) error {
+func (p *passSink) WriteBlock(ctx context.Context, i int, data []byte, d layer.BlockDigest) error {
 	if _, err := p.stream.Write(data); err != nil {
 		return fmt.Errorf("write stream file: %w", err)
 	}
 	p.blocks = i + 1
 	w, err := p.cache.Begin(ctx, layer.BlockKey{Task: p.task, Index: i})
-	if errors.Is(err, blockcache.ErrInFlight) {
-		return nil // resident already, or being filled from the stream file
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, blockcache.ErrInFlight):
+		// resident already, or being filled from the stream file
+	case err != nil:
 		return err
+	default:
+		if err := w.Commit(copy(w.Buffer(), data)); err != nil {
+			return err
+		}
 	}
-	return w.Commit(copy(w.Buffer(), data))
+	return p.observer.Produced(p.task, i, d)
 }
 
 func (p *passSink) dropBlocks() {

@@ -35,13 +35,35 @@ type Source struct {
 	DiffID digest.Digest
 }
 
+// Observer learns of each pass as it runs, so that peers can fetch a layer's blocks while
+// this node is still seeding it. tasks.Registry satisfies it.
+type Observer interface {
+	// StartPass: the pass of task begins.
+	StartPass(task layer.TaskID)
+	// Produced: block i, with digest d, is in the cache; blocks come in order.
+	Produced(task layer.TaskID, i int, d layer.BlockDigest) error
+	// SetIndex and Complete: the pass verified (or a layer seeded before was opened); refill
+	// reads evicted blocks from the stream file.
+	SetIndex(task layer.TaskID, encoded []byte)
+	Complete(task layer.TaskID, table layer.BlockTable, refill blockcache.Filler)
+	// Abandon: the pass failed; its blocks were dropped.
+	Abandon(task layer.TaskID)
+}
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithObserver tells o of every pass and of every layer opened.
+func WithObserver(o Observer) Option { return func(s *Store) { s.observer = o } }
+
 // Store keeps the layers this node has seeded. It is safe for concurrent use; concurrent
 // requests for one layer cause one pass.
 type Store struct {
-	dir   string
-	cache *blockcache.Cache
-	blobs BlobOpener
-	group singleflight.Group
+	dir      string
+	cache    *blockcache.Cache
+	blobs    BlobOpener
+	observer Observer
+	group    singleflight.Group
 
 	mu     sync.Mutex
 	layers map[layer.TaskID]*Layer
@@ -55,11 +77,14 @@ const maxPassTime = time.Hour
 
 // New returns a store keeping its layers under dir, serving reads through cache and
 // fetching blobs with blobs.
-func New(dir string, cache *blockcache.Cache, blobs BlobOpener) (*Store, error) {
+func New(dir string, cache *blockcache.Cache, blobs BlobOpener, opts ...Option) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("seed store: %w", err)
 	}
-	s := &Store{dir: dir, cache: cache, blobs: blobs, layers: make(map[layer.TaskID]*Layer)}
+	s := &Store{dir: dir, cache: cache, blobs: blobs, layers: make(map[layer.TaskID]*Layer), observer: nopObserver{}}
+	for _, o := range opts {
+		o(s)
+	}
 	s.closing, s.stop = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -104,43 +129,53 @@ func (s *Store) Open(task layer.TaskID) (*Layer, error) {
 	if l, ok := s.layers[task]; ok {
 		return l, nil
 	}
-	l, err := s.load(task)
+	l, enc, err := s.load(task)
 	if err != nil {
 		return nil, err
 	}
 	s.layers[task] = l
+	s.observer.SetIndex(task, enc)
+	s.observer.Complete(task, l.Index.Blocks, l)
 	return l, nil
 }
+
+type nopObserver struct{}
+
+func (nopObserver) StartPass(layer.TaskID)                                     {}
+func (nopObserver) Produced(layer.TaskID, int, layer.BlockDigest) error        { return nil }
+func (nopObserver) SetIndex(layer.TaskID, []byte)                              {}
+func (nopObserver) Complete(layer.TaskID, layer.BlockTable, blockcache.Filler) {}
+func (nopObserver) Abandon(layer.TaskID)                                       {}
 
 func (s *Store) layerDir(task layer.TaskID) string {
 	return filepath.Join(s.dir, task.Digest().Encoded())
 }
 
-func (s *Store) load(task layer.TaskID) (*Layer, error) {
+func (s *Store) load(task layer.TaskID) (*Layer, []byte, error) {
 	dir := s.layerDir(task)
 	enc, err := os.ReadFile(filepath.Join(dir, "index"))
 	if err != nil {
-		return nil, fmt.Errorf("open layer %s: %w", task, err)
+		return nil, nil, fmt.Errorf("open layer %s: %w", task, err)
 	}
 	x, err := layer.Unmarshal(enc)
 	if err != nil {
-		return nil, fmt.Errorf("open layer %s: %w", task, err)
+		return nil, nil, fmt.Errorf("open layer %s: %w", task, err)
 	}
 	if x.Task() != task {
-		return nil, fmt.Errorf("open layer %s: index is of %s", task, x.Task())
+		return nil, nil, fmt.Errorf("open layer %s: index is of %s", task, x.Task())
 	}
 	if x.Blocks.BlockSize != int64(s.cache.BlockSize()) {
-		return nil, fmt.Errorf("open layer %s: stored with %d-byte blocks, the cache uses %d", task, x.Blocks.BlockSize, s.cache.BlockSize())
+		return nil, nil, fmt.Errorf("open layer %s: stored with %d-byte blocks, the cache uses %d", task, x.Blocks.BlockSize, s.cache.BlockSize())
 	}
 	f, err := os.Open(filepath.Join(dir, "stream"))
 	if err != nil {
-		return nil, fmt.Errorf("open layer %s: %w", task, err)
+		return nil, nil, fmt.Errorf("open layer %s: %w", task, err)
 	}
 	if st, err := f.Stat(); err != nil || st.Size() != x.Blocks.Size {
 		f.Close()
-		return nil, fmt.Errorf("open layer %s: stream file is not the %d bytes the index says", task, x.Blocks.Size)
+		return nil, nil, fmt.Errorf("open layer %s: stream file is not the %d bytes the index says", task, x.Blocks.Size)
 	}
-	return &Layer{Index: x, cache: s.cache, file: f}, nil
+	return &Layer{Index: x, cache: s.cache, file: f}, enc, nil
 }
 
 // Close closes the store's files. Layers returned before must not be used after.
@@ -150,7 +185,9 @@ func (s *Store) Close() error {
 	defer s.mu.Unlock()
 	var errs []error
 	for task, l := range s.layers {
-		errs = append(errs, l.file.Close())
+		if l.file != nil {
+			errs = append(errs, l.file.Close())
+		}
 		delete(s.layers, task)
 	}
 	return errors.Join(errs...)

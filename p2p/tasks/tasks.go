@@ -27,6 +27,7 @@ type task struct {
 	digests   []layer.BlockDigest
 	complete  bool              // digests is the whole, verified table
 	refill    blockcache.Filler // refills evicted blocks, or nil
+	index     []byte            // the encoded layer index, once known and vouched for
 	changed   chan struct{}     // closed and replaced on every change
 }
 
@@ -116,6 +117,40 @@ func (r *Registry) Complete(id layer.TaskID, table layer.BlockTable, refill bloc
 		}
 	}
 	t.signal()
+}
+
+// SetIndex records id's encoded layer index, which this node vouches for: its seed pass
+// produced it, or it was fetched from a peer that vouches and checked.
+func (r *Registry) SetIndex(id layer.TaskID, encoded []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	t.index = encoded
+	t.signal()
+}
+
+// Index implements peer.Holder.
+func (r *Registry) Index(ctx context.Context, id layer.TaskID) ([]byte, error) {
+	for {
+		r.mu.Lock()
+		t := r.tasks[id]
+		if t == nil || t.index == nil && !t.producer {
+			r.mu.Unlock()
+			return nil, fmt.Errorf("index of %s: %w", id, peer.ErrNotHeld)
+		}
+		if t.index != nil {
+			x := t.index
+			r.mu.Unlock()
+			return x, nil
+		}
+		changed := t.changed
+		r.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("index of %s not produced in time: %w", id, ctx.Err())
+		}
+	}
 }
 
 // Abandon records that id stopped arriving (a failed pass or download); its blocks that are

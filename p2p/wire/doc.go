@@ -8,7 +8,8 @@
 //
 //	magic "P2PB" | version u8 (1) | op u8 | task length u16 | task | index u32 | wait u32 (ms)
 //
-// op is OpBlock (block index of task) or OpTable (the block digests of task from index on).
+// op is OpBlock (block index of task), OpTable (the block digests of task from index on) or
+// OpIndex (the task's layer index, as layer.Index encodes it).
 // wait is how long the server may wait for a block or digest it is still receiving before it
 // answers StatusNotFound; 0 means it must not wait.
 //
@@ -19,7 +20,8 @@
 //
 // Every response carries the server's live state, so a client learns its parents' state
 // from the answers it gets (Dragonfly's SyncHost, for free). The payload of an OpBlock
-// answer is the block; of an OpTable answer, a table part:
+// answer is the block; of an OpIndex answer, the encoded index; of an OpTable answer, a table
+// part:
 //
 //	total blocks u32 (0: not known yet) | complete u8 | from u32 | count u32 | count × 32-byte digests
 //

@@ -31,6 +31,8 @@ const (
 	OpBlock Op = 1
 	// OpTable asks for the block digests from an index on.
 	OpTable Op = 2
+	// OpIndex asks for the task's layer index (layer.Index, encoded); Index is ignored.
+	OpIndex Op = 3
 )
 
 // Status is the outcome of a request.
@@ -128,7 +130,7 @@ func ReadRequest(r *bufio.Reader) (Request, error) {
 		return Request{}, fmt.Errorf("read request: version %d, want %d: %w", head[4], Version, ErrMalformed)
 	}
 	op := Op(head[5])
-	if op != OpBlock && op != OpTable {
+	if op != OpBlock && op != OpTable && op != OpIndex {
 		return Request{}, fmt.Errorf("read request: unknown op %d: %w", op, ErrMalformed)
 	}
 	n := int(binary.BigEndian.Uint16(head[6:]))

@@ -1,0 +1,195 @@
+package p2p
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/fetch"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/p2p/stream"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tasks"
+)
+
+// Directive is what the scheduler tells a peer to do for a task.
+type Directive int
+
+const (
+	// FetchFromParents: fetch from the candidate parents.
+	FetchFromParents Directive = iota + 1
+	// BackToSource: read the registry; this node becomes a source for the task.
+	BackToSource
+)
+
+// Registration is the scheduler's answer to a peer joining a task.
+type Registration struct {
+	Directive Directive
+	Parents   []fetch.Parent
+}
+
+// Scheduler decides who fetches from whom: a client of p2p-scheduler, or the embedded one.
+// Its methods may be called concurrently.
+type Scheduler interface {
+	// Register joins this node to the task of layer src. blockSize is this node's.
+	Register(ctx context.Context, src seed.Source, blockSize int64) (Registration, error)
+	// Parents returns candidate parents of task other than those in exclude.
+	fetch.ParentSource
+	// BlockFetched and BlockFailed report each fetch, for the scheduler's view of parents.
+	fetch.Reporter
+	// Holding tells the scheduler this node now holds the whole task (it can serve it and
+	// vouch for it), or is seeding it.
+	Holding(ctx context.Context, task layer.TaskID, size int64) error
+}
+
+// Node is this node's P2P side. It is safe for concurrent use.
+type Node struct {
+	cache    *blockcache.Cache
+	registry *tasks.Registry
+	seeds    *seed.Store
+	sched    Scheduler
+	client   *peer.Client
+	window   int
+}
+
+// NodeOption configures a Node.
+type NodeOption func(*Node)
+
+// WithWindow sets how many blocks Warm keeps in flight (default 16).
+func WithWindow(n int) NodeOption { return func(nd *Node) { nd.window = max(n, 1) } }
+
+// NewNode returns a node. registry must be the observer of seeds (seed.WithObserver), and
+// the holder the node's block server serves. sched may be nil: every layer is then read
+// from its registry.
+func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Store, sched Scheduler, opts ...NodeOption) *Node {
+	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, client: peer.NewClient(), window: 16}
+	for _, o := range opts {
+		o(n)
+	}
+	return n
+}
+
+// Close closes the node's connections to peers.
+func (n *Node) Close() error { return n.client.Close() }
+
+// indexWait bounds how long a parent may wait for an index its seed pass is still producing.
+const indexWait = 30 * time.Second
+
+// Open returns a layer this node holds on disk (a layer it seeded), as seed.Store.Open.
+func (n *Node) Open(task layer.TaskID) (*seed.Layer, error) { return n.seeds.Open(task) }
+
+// Layer returns the layer src names: held on disk, seeded now from the registry, or read from
+// parents on demand, as the scheduler says.
+func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) {
+	task := layer.TaskIDFromDigest(src.DiffID)
+	if l, err := n.seeds.Open(task); err == nil {
+		return l, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		log.G(ctx).WithError(err).WithField("task", task).Warn("stored layer unusable; fetching it again")
+	}
+	if n.sched == nil {
+		return n.seed(ctx, src)
+	}
+	reg, err := n.sched.Register(ctx, src, int64(n.cache.BlockSize()))
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: register with the scheduler: %w", task, err)
+	}
+	if reg.Directive == BackToSource {
+		return n.seed(ctx, src)
+	}
+	x, err := n.index(ctx, task, reg.Parents)
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", task, err)
+	}
+	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: x.Blocks.Size, BlockSize: x.Blocks.BlockSize, Digests: x.Blocks.Digests}, n.sched,
+		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
+	if err != nil {
+		return nil, fmt.Errorf("layer %s: %w", task, err)
+	}
+	n.registry.Expect(task)
+	return seed.NewLayer(x, n.cache, f), nil
+}
+
+// seed reads the layer from its registry, telling the scheduler this node is its source.
+func (n *Node) seed(ctx context.Context, src seed.Source) (*seed.Layer, error) {
+	l, err := n.seeds.Layer(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	if n.sched != nil {
+		if err := n.sched.Holding(ctx, l.Index.Task(), l.Index.Blocks.Size); err != nil {
+			log.G(ctx).WithError(err).WithField("task", l.Index.Task()).Warn("cannot tell the scheduler this node holds a layer")
+		}
+	}
+	return l, nil
+}
+
+// index gets task's index from a parent that vouches for it, trying each in turn.
+func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Parent) (*layer.Index, error) {
+	var errs []error
+	for _, p := range parents {
+		if !p.Vouches {
+			continue
+		}
+		enc, _, err := n.client.Index(ctx, p.Addr, task, indexWait)
+		if err == nil {
+			var x *layer.Index
+			if x, err = layer.Unmarshal(enc); err == nil {
+				switch {
+				case x.Task() != task:
+					err = fmt.Errorf("index is of %s", x.Task())
+				case x.Blocks.BlockSize != int64(n.cache.BlockSize()):
+					err = fmt.Errorf("index has %d-byte blocks, this node uses %d", x.Blocks.BlockSize, n.cache.BlockSize())
+				default:
+					return x, nil
+				}
+			}
+		}
+		errs = append(errs, fmt.Errorf("parent %s: %w", p.Addr, err))
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) == 0 {
+		return nil, errors.New("no parent vouches for the layer index")
+	}
+	return nil, fmt.Errorf("layer index: %w", errors.Join(errs...))
+}
+
+// Warm fetches the whole layer src names into the cache and checks it against its diffID;
+// from then on this node serves it and vouches for it (until its blocks are evicted). A
+// layer held on disk is warm already.
+func (n *Node) Warm(ctx context.Context, src seed.Source) error {
+	l, err := n.Layer(ctx, src)
+	if err != nil {
+		return err
+	}
+	task := l.Index.Task()
+	if _, ok := n.registry.CompleteTable(task); ok {
+		return nil
+	}
+	var table layer.BlockTable
+	_, err = stream.Copy(ctx, io.Discard, n.cache, stream.Task{ID: task, Size: l.Index.Blocks.Size, Digest: digest.Digest(task)}, l,
+		stream.WithWindow(n.window), stream.WithVerified(func(t layer.BlockTable) { table = t }))
+	if err != nil {
+		return fmt.Errorf("warm layer %s: %w", task, err)
+	}
+	n.registry.Complete(task, table, nil)
+	if enc, err := l.Index.Marshal(); err == nil {
+		n.registry.SetIndex(task, enc)
+	}
+	if n.sched != nil {
+		if err := n.sched.Holding(ctx, task, l.Index.Blocks.Size); err != nil {
+			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell the scheduler this node holds a layer")
+		}
+	}
+	return nil
+}
