@@ -41,6 +41,40 @@ type Config struct {
 	Registry RegistryConfig `toml:"registry"`
 	// Lazy configures lazily mounted layers.
 	Lazy LazyConfig `toml:"lazy"`
+	// P2P configures the peer-to-peer network.
+	P2P P2PConfig `toml:"p2p"`
+}
+
+// P2PConfig configures this node as a peer: its block service, its scheduler, and what it
+// tells the scheduler about itself.
+type P2PConfig struct {
+	// Address is the host:port the block service listens on; empty disables the P2P
+	// network (every layer is then read from its registry).
+	Address string `toml:"address"`
+	// AdvertiseAddress is the host:port other peers reach the block service at; empty means
+	// Address (which then must name a host, not 0.0.0.0).
+	AdvertiseAddress string `toml:"advertise_address"`
+	// Schedulers lists the schedulers' gRPC addresses (host:port; a name resolving to several
+	// addresses counts as several). Empty runs a scheduler inside this daemon.
+	Schedulers []string `toml:"schedulers"`
+	// SchedulerCooldown is how long a scheduler that failed a call is skipped.
+	SchedulerCooldown Duration `toml:"scheduler_cooldown"`
+	// HostID names this node to the scheduler; empty derives it from the hostname and the
+	// advertised address.
+	HostID string `toml:"host_id"`
+	// Seed makes this node a seed peer: the scheduler sends it layers to read from their
+	// registries, and it keeps them on disk.
+	Seed bool `toml:"seed"`
+	// IDC and Location place the node for parent selection (Location is "a/b/c", compared
+	// by prefix).
+	IDC      string `toml:"idc"`
+	Location string `toml:"location"`
+	// UploadSlots bounds the blocks served at once; one more request is answered busy.
+	UploadSlots int `toml:"upload_slots"`
+	// UploadCapacity and DownloadCapacity are the node's link rates in bytes/s ("100MiB"),
+	// 0 if unknown; the scheduler weighs parents by their free upload bandwidth.
+	UploadCapacity   ByteSize `toml:"upload_capacity"`
+	DownloadCapacity ByteSize `toml:"download_capacity"`
 }
 
 // MirrorConfig configures the registry mirror that containerd is pointed at with hosts.toml;
@@ -89,6 +123,7 @@ func DefaultConfig() Config {
 		Mirror:   MirrorConfig{Address: DefaultMirrorAddress},
 		Cache:    CacheConfig{Size: 1 << 30, BlockSize: layer.DefaultBlockSize},
 		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute), FuseManager: true},
+		P2P:      P2PConfig{SchedulerCooldown: Duration(30 * time.Second), UploadSlots: 16},
 	}
 }
 
@@ -138,6 +173,29 @@ func (c *Config) Validate() error {
 	}
 	if c.Cache.Size < c.Cache.BlockSize {
 		errs = append(errs, fmt.Errorf("cache.size = %s: smaller than one block (%s)", c.Cache.Size, c.Cache.BlockSize))
+	}
+	if c.P2P.Address != "" {
+		if _, _, err := net.SplitHostPort(c.P2P.Address); err != nil {
+			errs = append(errs, fmt.Errorf("p2p.address = %q: %w", c.P2P.Address, err))
+		}
+		adv := c.P2P.AdvertiseAddress
+		if adv == "" {
+			adv = c.P2P.Address
+		}
+		if host, _, err := net.SplitHostPort(adv); err != nil || host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified() {
+			errs = append(errs, fmt.Errorf("p2p.advertise_address = %q: peers need a host they can reach (set it when p2p.address listens on every interface)", c.P2P.AdvertiseAddress))
+		}
+		for _, s := range c.P2P.Schedulers {
+			if _, _, err := net.SplitHostPort(s); err != nil {
+				errs = append(errs, fmt.Errorf("p2p.schedulers: %q: %w", s, err))
+			}
+		}
+		if c.P2P.UploadSlots < 1 {
+			errs = append(errs, fmt.Errorf("p2p.upload_slots = %d: must be at least 1", c.P2P.UploadSlots))
+		}
+		if c.P2P.SchedulerCooldown <= 0 {
+			errs = append(errs, fmt.Errorf("p2p.scheduler_cooldown = %s: must be positive", c.P2P.SchedulerCooldown))
+		}
 	}
 	if c.Lazy.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("lazy.timeout = %s: must be positive", c.Lazy.Timeout))

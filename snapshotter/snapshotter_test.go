@@ -108,6 +108,13 @@ func TestLoadConfig(t *testing.T) {
 				t.Errorf("unset key lost its default: %q", c.Address)
 			}
 		}},
+		{"p2p", "[p2p]\naddress = \"0.0.0.0:65002\"\nadvertise_address = \"10.0.0.5:65002\"\nschedulers = [\"10.0.0.1:65003\", \"sched.example:65003\"]\nseed = true\nupload_capacity = \"20MiB\"\n", "", func(t *testing.T, c Config) {
+			if c.P2P.Address != "0.0.0.0:65002" || len(c.P2P.Schedulers) != 2 || !c.P2P.Seed || c.P2P.UploadCapacity != 20<<20 || c.P2P.UploadSlots != 16 {
+				t.Errorf("got %+v", c.P2P)
+			}
+		}},
+		{"p2p on every interface, not advertised", "[p2p]\naddress = \"0.0.0.0:65002\"\n", "advertise_address", nil},
+		{"p2p bad scheduler", "[p2p]\naddress = \"10.0.0.5:65002\"\nschedulers = [\"nohost\"]\n", "p2p.schedulers", nil},
 		{"unknown key", "root = \"/x\"\nroots = \"/y\"\n", "roots", nil},
 		{"relative root", "root = \"rel\"\n", "absolute", nil},
 		{"bad mirror", "[mirror]\naddress = \"nohost\"\n", "mirror.address", nil},
