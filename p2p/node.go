@@ -80,8 +80,12 @@ func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Stor
 // Close closes the node's connections to peers.
 func (n *Node) Close() error { return n.client.Close() }
 
-// indexWait bounds how long a parent may wait for an index its seed pass is still producing.
-const indexWait = 30 * time.Second
+// indexWait bounds how long a node looks for a layer's index among its parents; a parent
+// asked for it may wait parentIndexWait for an index its seed pass is still producing.
+const (
+	indexWait       = 5 * time.Minute
+	parentIndexWait = 30 * time.Second
+)
 
 // Open returns a layer this node holds on disk (a layer it seeded), as seed.Store.Open.
 func (n *Node) Open(task layer.TaskID) (*seed.Layer, error) { return n.seeds.Open(task) }
@@ -105,7 +109,7 @@ func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) 
 	if reg.Directive == BackToSource {
 		return n.seed(ctx, src)
 	}
-	x, err := n.index(ctx, task, reg.Parents)
+	x, err := n.indexFromParents(ctx, task, reg.Parents)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", task, err)
 	}
@@ -115,6 +119,9 @@ func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) 
 		return nil, fmt.Errorf("layer %s: %w", task, err)
 	}
 	n.registry.Expect(task)
+	if enc, err := x.Marshal(); err == nil {
+		n.registry.SetIndex(task, enc) // its children may ask this node for it
+	}
 	return seed.NewLayer(x, n.cache, f), nil
 }
 
@@ -132,6 +139,30 @@ func (n *Node) seed(ctx context.Context, src seed.Source) (*seed.Layer, error) {
 	return l, nil
 }
 
+// indexFromParents gets task's index from the parents given, and then from the ones the
+// scheduler names, until one has it or indexWait passed: a parent may itself be waiting for
+// the index when asked.
+func (n *Node) indexFromParents(ctx context.Context, task layer.TaskID, parents []fetch.Parent) (*layer.Index, error) {
+	ctx, cancel := context.WithTimeout(ctx, indexWait)
+	defer cancel()
+	backoff := 50 * time.Millisecond
+	for {
+		x, err := n.index(ctx, task, parents)
+		if err == nil {
+			return x, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+		if more, perr := n.sched.Parents(ctx, task, nil); perr == nil {
+			parents = more
+		}
+	}
+}
+
 // index gets task's index from a parent that vouches for it, trying each in turn.
 func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Parent) (*layer.Index, error) {
 	var errs []error
@@ -139,7 +170,7 @@ func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Par
 		if !p.Vouches {
 			continue
 		}
-		enc, _, err := n.client.Index(ctx, p.Addr, task, indexWait)
+		enc, _, err := n.client.Index(ctx, p.Addr, task, parentIndexWait)
 		if err == nil {
 			var x *layer.Index
 			if x, err = layer.Unmarshal(enc); err == nil {
@@ -192,4 +223,12 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 		}
 	}
 	return nil
+}
+
+// SeedLayer makes this node a source of the layer src names: it reads it from its registry
+// now, unless it holds it already; peers fetch its blocks while the pass runs. A seed host
+// does this for each layer the scheduler sends it.
+func (n *Node) SeedLayer(ctx context.Context, src seed.Source) error {
+	_, err := n.seed(ctx, src)
+	return err
 }

@@ -11,9 +11,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	"github.com/spf13/cobra"
 
-	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
-	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
@@ -40,15 +38,35 @@ type inProcess struct {
 }
 
 // layerMounter returns the data plane: the FUSE manager process (started if none answers),
-// or, with lazy.fuse_manager = false, one in this process. The returned close releases what
+// or, with lazy.fuse_manager = false, one in this process, which then serves the manager's
+// socket itself. The returned close releases what
 // this process owns; it never stops a manager process.
 func layerMounter(ctx context.Context, cfg snapshotter.Config) (dataPlane, func(), error) {
 	if !cfg.Lazy.FuseManager {
-		m, b, closeAll, err := newMounter(cfg)
+		d, err := newDataPlane(ctx, cfg)
 		if err != nil {
 			return nil, nil, err
 		}
-		return inProcess{m, b}, closeAll, nil
+		// The data plane's control socket (warm, blobs) is served by whichever process holds
+		// the data plane: here, this one.
+		ln, err := snapshotter.ListenUnix(filepath.Join(cfg.Root, fuseManagerSocket))
+		if err != nil {
+			d.close()
+			return nil, nil, err
+		}
+		sctx, stop := context.WithCancel(ctx)
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := fusemanager.Serve(sctx, d.mounter, ln, fusemanager.WithBlobs(d.blobs), fusemanager.WithWarmer(d.node)); err != nil {
+				log.G(ctx).WithError(err).Error("data plane control socket stopped")
+			}
+		}()
+		return inProcess{d.mounter, d.blobs}, func() {
+			stop()
+			<-served
+			d.close()
+		}, nil
 	}
 	cfgPath := filepath.Join(cfg.Root, fuseManagerConfig)
 	b, err := toml.Marshal(cfg)
@@ -70,27 +88,6 @@ func layerMounter(ctx context.Context, cfg snapshotter.Config) (dataPlane, func(
 	return client, func() {}, nil
 }
 
-// newMounter builds the block cache, the layer store, a FUSE mounter and the blob server in
-// this process.
-func newMounter(cfg snapshotter.Config) (*fusemanager.Mounter, *blobs.Server, func(), error) {
-	cache, err := blockcache.New(int64(cfg.Cache.Size), blockcache.WithBlockSize(int(cfg.Cache.BlockSize)))
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	client := newRegistryClient(cfg)
-	store, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client)
-	if err != nil {
-		cache.Close()
-		return nil, nil, nil, err
-	}
-	m := fusemanager.NewMounter(store)
-	return m, blobs.New(cache, client), func() {
-		m.Close()
-		store.Close()
-		cache.Close()
-	}, nil
-}
-
 func newFuseManagerCommand() *cobra.Command {
 	var configPath string
 	cmd := &cobra.Command{
@@ -105,17 +102,17 @@ func newFuseManagerCommand() *cobra.Command {
 			if err := log.SetLevel(cfg.LogLevel); err != nil {
 				return err
 			}
-			m, b, closeMounter, err := newMounter(cfg)
+			d, err := newDataPlane(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
-			defer closeMounter()
+			defer d.close()
 			ln, err := snapshotter.ListenUnix(filepath.Join(cfg.Root, fuseManagerSocket))
 			if err != nil {
 				return err
 			}
 			log.G(cmd.Context()).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("FUSE manager starting")
-			return fusemanager.Serve(cmd.Context(), m, ln, fusemanager.WithBlobs(b))
+			return fusemanager.Serve(cmd.Context(), d.mounter, ln, fusemanager.WithBlobs(d.blobs), fusemanager.WithWarmer(d.node))
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration written by the daemon")

@@ -463,6 +463,12 @@ func BuildSnapshotter(ctx context.Context, out string) error {
 }
 
 func buildSnapshotter(ctx context.Context, out string, race bool) error {
+	return BuildCommand(ctx, "./cmd/p2p-snapshotter", out, race)
+}
+
+// BuildCommand builds the command pkg ("./cmd/NAME") of this module into out, with the race
+// detector if race.
+func BuildCommand(ctx context.Context, pkg, out string, race bool) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
@@ -475,7 +481,7 @@ func buildSnapshotter(ctx context.Context, out string, race bool) error {
 	if race {
 		args = append(args, "-race")
 	}
-	args = append(args, "./cmd/p2p-snapshotter")
+	args = append(args, pkg)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, goBin, args...)

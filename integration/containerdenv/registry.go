@@ -62,6 +62,9 @@ func StartRegistry(logw io.Writer) (*Registry, error) {
 	return r, nil
 }
 
+// Handler is the registry itself, to serve it on other listeners too.
+func (r *Registry) Handler() http.Handler { return r.srv.Handler }
+
 // Close stops the registry at once, closing its connections. (A graceful Shutdown would
 // wait up to 5 s for connections that clients opened but never sent a request on.)
 func (r *Registry) Close() error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
@@ -18,6 +19,7 @@ type Registry struct {
 
 	mu    sync.Mutex
 	tasks map[layer.TaskID]*task
+	added chan struct{} // closed and replaced when a task is added
 }
 
 type task struct {
@@ -27,13 +29,19 @@ type task struct {
 	digests   []layer.BlockDigest
 	complete  bool              // digests is the whole, verified table
 	refill    blockcache.Filler // refills evicted blocks, or nil
-	index     []byte            // the encoded layer index, once known and vouched for
+	index     []byte            // the encoded layer index, once known
+	fullTable bool              // digests is the whole table, from the index
 	changed   chan struct{}     // closed and replaced on every change
 }
 
+// unknownTaskGrace is how long a request for a task this node does not know waits for it to
+// appear: a seed is asked for a task the moment the scheduler sent it, perhaps before the
+// seed has read that message.
+const unknownTaskGrace = 5 * time.Second
+
 // New returns an empty record of blocks kept in cache.
 func New(cache *blockcache.Cache) *Registry {
-	return &Registry{cache: cache, tasks: make(map[layer.TaskID]*task)}
+	return &Registry{cache: cache, tasks: make(map[layer.TaskID]*task), added: make(chan struct{})}
 }
 
 func (r *Registry) taskLocked(id layer.TaskID) *task {
@@ -41,8 +49,38 @@ func (r *Registry) taskLocked(id layer.TaskID) *task {
 	if t == nil {
 		t = &task{changed: make(chan struct{})}
 		r.tasks[id] = t
+		close(r.added)
+		r.added = make(chan struct{})
 	}
 	return t
+}
+
+// lookup returns task id, waiting up to unknownTaskGrace (and ctx) for it to appear. It
+// returns with r.mu held and a nil task if it did not.
+func (r *Registry) lookup(ctx context.Context, id layer.TaskID) *task {
+	var deadline <-chan time.Time
+	for {
+		r.mu.Lock()
+		if t := r.tasks[id]; t != nil {
+			return t
+		}
+		added := r.added
+		r.mu.Unlock()
+		if deadline == nil {
+			timer := time.NewTimer(unknownTaskGrace)
+			defer timer.Stop()
+			deadline = timer.C
+		}
+		select {
+		case <-added:
+		case <-deadline:
+			r.mu.Lock()
+			return nil
+		case <-ctx.Done():
+			r.mu.Lock()
+			return nil
+		}
+	}
 }
 
 func (t *task) signal() {
@@ -89,7 +127,9 @@ func (r *Registry) Produced(id layer.TaskID, i int, d layer.BlockDigest) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.taskLocked(id)
-	if t.complete {
+	if t.complete || t.fullTable {
+		t.setHeld(i)
+		t.signal()
 		return nil
 	}
 	if i != len(t.digests) {
@@ -119,21 +159,28 @@ func (r *Registry) Complete(id layer.TaskID, table layer.BlockTable, refill bloc
 	t.signal()
 }
 
-// SetIndex records id's encoded layer index, which this node vouches for: its seed pass
-// produced it, or it was fetched from a peer that vouches and checked.
+// SetIndex records id's encoded layer index, which this node then serves with the block
+// digests it holds: its seed pass produced it, or it came from a parent. An index that does
+// not decode as one of id is ignored.
 func (r *Registry) SetIndex(id layer.TaskID, encoded []byte) {
+	x, err := layer.Unmarshal(encoded)
+	if err != nil || x.Task() != id {
+		return
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.taskLocked(id)
 	t.index = encoded
+	if !t.complete {
+		t.digests, t.fullTable = x.Blocks.Digests, true
+	}
 	t.signal()
 }
 
 // Index implements peer.Holder.
 func (r *Registry) Index(ctx context.Context, id layer.TaskID) ([]byte, error) {
 	for {
-		r.mu.Lock()
-		t := r.tasks[id]
+		t := r.lookup(ctx, id)
 		if t == nil || t.index == nil && !t.producer {
 			r.mu.Unlock()
 			return nil, fmt.Errorf("index of %s: %w", id, peer.ErrNotHeld)
@@ -188,8 +235,7 @@ func (r *Registry) CompleteTable(id layer.TaskID) ([]layer.BlockDigest, bool) {
 func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
 	key := layer.BlockKey{Task: id, Index: i}
 	for {
-		r.mu.Lock()
-		t := r.tasks[id]
+		t := r.lookup(ctx, id)
 		if t == nil {
 			r.mu.Unlock()
 			return nil, fmt.Errorf("task %s: %w", id, peer.ErrNotHeld)
@@ -244,15 +290,14 @@ func (r *Registry) evicted(id layer.TaskID, i int) {
 // Table implements peer.Holder: digests from a seed's pass or of a complete task.
 func (r *Registry) Table(ctx context.Context, id layer.TaskID, from int) (wire.TablePart, error) {
 	for {
-		r.mu.Lock()
-		t := r.tasks[id]
+		t := r.lookup(ctx, id)
 		if t == nil {
 			r.mu.Unlock()
 			return wire.TablePart{}, fmt.Errorf("digests of %s: %w", id, peer.ErrNotHeld)
 		}
-		if t.complete || len(t.digests) > from {
-			part := wire.TablePart{From: from, Complete: t.complete}
-			if t.complete {
+		if t.complete || t.fullTable || len(t.digests) > from {
+			part := wire.TablePart{From: from, Complete: t.complete || t.fullTable}
+			if part.Complete {
 				part.Total = len(t.digests)
 			}
 			if from < len(t.digests) {
@@ -263,7 +308,7 @@ func (r *Registry) Table(ctx context.Context, id layer.TaskID, from int) (wire.T
 		}
 		if !t.producer {
 			r.mu.Unlock()
-			return wire.TablePart{}, fmt.Errorf("digests of %s: this node relays blocks but does not vouch for digests: %w", id, peer.ErrNotHeld)
+			return wire.TablePart{}, fmt.Errorf("digests of %s: this node has neither the index nor a pass producing it: %w", id, peer.ErrNotHeld)
 		}
 		changed := t.changed
 		r.mu.Unlock()

@@ -50,6 +50,12 @@ func (c *Client) Prefetch(ctx context.Context, src seed.Source) error {
 	return c.call(ctx, "prefetch", mountRequest{Source: &src})
 }
 
+// Warm asks the manager to fetch the whole layer src names and returns when it is held and
+// verified.
+func (c *Client) Warm(ctx context.Context, src seed.Source) error {
+	return c.call(ctx, "warm", mountRequest{Source: &src})
+}
+
 // Unmount asks the manager to unmount the layer at dir.
 func (c *Client) Unmount(ctx context.Context, dir string) error {
 	return c.call(ctx, "unmount", mountRequest{Dir: dir})

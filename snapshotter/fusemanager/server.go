@@ -60,6 +60,25 @@ func WithBlobs(b BlobCopier) ServeOption {
 	}
 }
 
+// Warmer fetches whole layers into the node's cache, to serve them to peers. p2p.Node
+// satisfies it.
+type Warmer interface {
+	Warm(ctx context.Context, src seed.Source) error
+}
+
+// WithWarmer also serves POST /warm: fetch a whole layer now and answer when it is held and
+// verified (Client.Warm).
+func WithWarmer(wm Warmer) ServeOption {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("POST /warm", handle(func(ctx context.Context, req mountRequest) error {
+			if req.Source == nil {
+				return errors.New("warm: no source")
+			}
+			return wm.Warm(ctx, *req.Source)
+		}))
+	}
+}
+
 // firstWrite answers 200 with the first bytes written.
 type firstWrite struct {
 	w       http.ResponseWriter
@@ -119,7 +138,7 @@ func handle(fn func(context.Context, mountRequest) error) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 			return
 		}
-		if req.Dir == "" && r.URL.Path != "/prefetch" {
+		if req.Dir == "" && r.URL.Path != "/prefetch" && r.URL.Path != "/warm" {
 			writeError(w, http.StatusBadRequest, errors.New("no directory"))
 			return
 		}

@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/log"
+
+	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/p2p"
+	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/scheduling"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tasks"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
+	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
+)
+
+// dataPlaneParts is what holds this node's blocks, in whichever process serves FUSE: the
+// block cache, the layers (seeded, or fetched from peers), the block server, and the blob
+// server of the mirror.
+type dataPlaneParts struct {
+	mounter *fusemanager.Mounter
+	blobs   *blobs.Server
+	node    *p2p.Node
+	close   func()
+}
+
+// newDataPlane builds the data plane from cfg. With p2p.address set it serves blocks to
+// peers and, with p2p.schedulers set, asks those schedulers where each layer comes from;
+// otherwise every layer is read from its registry.
+func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlaneParts, retErr error) {
+	var closers []func() error
+	closeAll := func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			closers[i]()
+		}
+	}
+	defer func() {
+		if retErr != nil {
+			closeAll()
+		}
+	}()
+	cache, err := blockcache.New(int64(cfg.Cache.Size), blockcache.WithBlockSize(int(cfg.Cache.BlockSize)))
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, cache.Close)
+	client := newRegistryClient(cfg)
+	record := tasks.New(cache)
+	seeds, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client, seed.WithObserver(record))
+	if err != nil {
+		return nil, err
+	}
+	closers = append(closers, seeds.Close)
+
+	var (
+		sched  p2p.Scheduler
+		node   *p2p.Node
+		server *peer.Server
+	)
+	if cfg.P2P.Address != "" {
+		server = peer.NewServer(record, peer.WithSlots(cfg.P2P.UploadSlots))
+		ln, err := net.Listen("tcp", cfg.P2P.Address)
+		if err != nil {
+			return nil, fmt.Errorf("block service: %w", err)
+		}
+		go func() {
+			if err := server.Serve(ctx, ln); err != nil {
+				log.G(ctx).WithError(err).Error("block service stopped")
+			}
+		}()
+		closers = append(closers, server.Close)
+		log.G(ctx).WithField("address", ln.Addr().String()).Info("serving blocks to peers")
+		if len(cfg.P2P.Schedulers) > 0 {
+			c, err := newSchedulerClient(ctx, cfg, server, func(ctx context.Context, src seed.Source) {
+				if err := node.SeedLayer(ctx, src); err != nil {
+					log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("cannot seed a layer the scheduler sent")
+				}
+			})
+			if err != nil {
+				return nil, err
+			}
+			closers = append(closers, c.Close)
+			sched = c
+		}
+	}
+	node = p2p.NewNode(cache, record, seeds, sched)
+	closers = append(closers, node.Close)
+	m := fusemanager.NewMounter(node)
+	closers = append(closers, func() error { m.Close(); return nil })
+	return &dataPlaneParts{mounter: m, blobs: blobs.New(cache, client), node: node, close: closeAll}, nil
+}
+
+// newSchedulerClient connects to the schedulers of cfg as the host cfg describes.
+func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, onSeed func(context.Context, seed.Source)) (*scheduling.Client, error) {
+	ring, err := scheduling.NewRing(ctx, cfg.P2P.Schedulers, time.Duration(cfg.P2P.SchedulerCooldown), net.DefaultResolver, time.Now)
+	if err != nil {
+		return nil, err
+	}
+	advertise := cfg.P2P.AdvertiseAddress
+	if advertise == "" {
+		advertise = cfg.P2P.Address
+	}
+	hostname, _ := os.Hostname()
+	id := cfg.P2P.HostID
+	if id == "" {
+		id = hostname + "-" + advertise
+	}
+	if id == "" {
+		return nil, errors.New("p2p: no host id")
+	}
+	host := scheduling.Host{
+		ID: id, Hostname: hostname, BlockAddress: advertise, IDC: cfg.P2P.IDC, Location: cfg.P2P.Location, Seed: cfg.P2P.Seed,
+		UploadCapacity: uint64(cfg.P2P.UploadCapacity), DownloadCapacity: uint64(cfg.P2P.DownloadCapacity), UploadSlots: cfg.P2P.UploadSlots,
+	}
+	state := func() *schedulerv1.HostState {
+		st := server.State()
+		return &schedulerv1.HostState{UploadRate: uint64(st.UploadRate), FreeUploadSlots: uint32(st.FreeSlots), Load: st.Load}
+	}
+	var opts []scheduling.Option
+	if cfg.P2P.Seed {
+		opts = append(opts, scheduling.WithSeedHandler(onSeed))
+	}
+	return scheduling.New(host, state, ring, opts...), nil
+}

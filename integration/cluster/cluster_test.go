@@ -1,0 +1,145 @@
+package cluster
+
+import (
+	"archive/tar"
+	"context"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
+	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
+	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("cluster tests need root: network namespaces, veths, tbf")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("cluster tests need iproute2's ip")
+	}
+}
+
+// startCluster starts a cluster for t and pushes one image of a single layer holding a
+// random file of size bytes; it returns the layer's source as the daemons see it.
+func startCluster(t *testing.T, o Options, size int) (*Cluster, seed.Source) {
+	t.Helper()
+	needRoot(t)
+	if o.Dir == "" {
+		o.Dir = filepath.Join(os.TempDir(), "p2p-cluster-"+o.Name)
+		os.RemoveAll(o.Dir)
+		t.Cleanup(func() {
+			if !t.Failed() {
+				os.RemoveAll(o.Dir)
+			}
+		})
+	}
+	o.Race = containerdenv.RaceEnabled
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs are in %s", o.Dir)
+		}
+		c.Close()
+	})
+	t.Logf("cluster of %d peers, %d seeds, %d schedulers up in %s", o.Peers, o.Seeds, len(c.Schedulers), time.Since(start).Round(time.Millisecond))
+
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{7}).Read(data)
+	files := []layertest.File{{Header: tar.Header{Typeflag: tar.TypeReg, Name: "data.bin", Mode: 0o644, Format: tar.FormatPAX}, Data: data}}
+	img, err := c.Registry.PushStored(ctx, "test/dist:v1", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := img.Layers[0]
+	c.Registry.BlobBytes.Store(0)
+	return c, seed.Source{
+		Host: c.Registry.Addr, Repository: "test/dist",
+		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
+		DiffID: digest.Digest(l.DiffID),
+	}
+}
+
+// warmAll warms src on every daemon at once and returns each one's error.
+func warmAll(ctx context.Context, ds []*Daemon, src seed.Source) []error {
+	errs := make([]error, len(ds))
+	var wg sync.WaitGroup
+	for i, d := range ds {
+		wg.Go(func() { errs[i] = d.Control.Warm(ctx, src) })
+	}
+	wg.Wait()
+	return errs
+}
+
+// TestEightPeersOneRegistryCopy: a 64 MiB layer reaches 8 peers, each verifying it against
+// its diffID, while the registry serves exactly one copy of its blob.
+func TestEightPeersOneRegistryCopy(t *testing.T) {
+	c, src := startCluster(t, Options{
+		Name: "p2pd8", Subnet: netip.MustParsePrefix("10.213.8.0/24"), Peers: 8, Seeds: 1,
+		Limits: netlab.Limits{Up: 400 * netlab.Mbit, Down: 400 * netlab.Mbit}, RegistryLimits: netlab.Limits{Up: 400 * netlab.Mbit},
+		CacheSize: "160MiB", BlockSize: "1MiB",
+	}, 64<<20)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	for i, err := range warmAll(ctx, c.Peers, src) {
+		if err != nil {
+			t.Errorf("peer %d: %v", i, err)
+		}
+	}
+	t.Logf("8 peers warmed the layer in %s", time.Since(start).Round(time.Millisecond))
+	if got := c.Registry.BlobBytes.Load(); got != src.Blob.Size {
+		t.Errorf("registry sent %d blob bytes, want exactly one copy (%d)", got, src.Blob.Size)
+	}
+}
+
+// TestParentKilledMidTransfer: a peer is killed (SIGKILL) while the others fetch from it;
+// every other peer still completes.
+func TestParentKilledMidTransfer(t *testing.T) {
+	c, src := startCluster(t, Options{
+		Name: "p2pdk", Subnet: netip.MustParsePrefix("10.213.9.0/24"), Peers: 5, Seeds: 1,
+		Limits: netlab.Limits{Up: 200 * netlab.Mbit, Down: 200 * netlab.Mbit}, RegistryLimits: netlab.Limits{Up: 200 * netlab.Mbit},
+		CacheSize: "96MiB", BlockSize: "1MiB", Topology: "tree",
+	}, 48<<20)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	victim := c.Peers[0]
+	errs := make(chan error, 1)
+	go func() { errs <- victim.Control.Warm(ctx, src) }()
+	time.Sleep(200 * time.Millisecond) // the victim joins the tree first, near its root
+	done := make(chan []error, 1)
+	go func() { done <- warmAll(ctx, c.Peers[1:], src) }()
+	time.Sleep(time.Second)
+	if err := victim.Proc.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-errs
+	for i, err := range <-done {
+		if err != nil && !strings.Contains(err.Error(), "context") {
+			t.Errorf("peer %d after its parent died: %v", i+1, err)
+		} else if err != nil {
+			t.Errorf("peer %d did not complete in time: %v", i+1, err)
+		}
+	}
+	if got := c.Registry.BlobBytes.Load(); got != src.Blob.Size {
+		t.Errorf("registry sent %d blob bytes, want one copy (%d)", got, src.Blob.Size)
+	}
+}
