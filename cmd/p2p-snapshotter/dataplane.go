@@ -18,9 +18,9 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/p2p/scheduling"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tasks"
+	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
-	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 )
 
 // dataPlaneParts is what holds this node's blocks, in whichever process serves FUSE: the
