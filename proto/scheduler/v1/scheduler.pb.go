@@ -833,7 +833,11 @@ type CandidateParent struct {
 	// Comparable only among the candidates of one answer.
 	Score float64 `protobuf:"fixed64,7,opt,name=score,proto3" json:"score,omitempty"`
 	// The parent host's role; a peer may spare seeds by preferring other parents.
-	HostType      HostType `protobuf:"varint,8,opt,name=host_type,json=hostType,proto3,enum=p2pimage.scheduler.v1.HostType" json:"host_type,omitempty"`
+	HostType HostType `protobuf:"varint,8,opt,name=host_type,json=hostType,proto3,enum=p2pimage.scheduler.v1.HostType" json:"host_type,omitempty"`
+	// True if the parent reads the task from its registry itself (the task's seed peer, or a
+	// peer sent back to the source): it produces the block digests from the source, so it can
+	// vouch for them before it is complete.
+	Source        bool `protobuf:"varint,9,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -922,6 +926,13 @@ func (x *CandidateParent) GetHostType() HostType {
 		return x.HostType
 	}
 	return HostType_HOST_TYPE_UNSPECIFIED
+}
+
+func (x *CandidateParent) GetSource() bool {
+	if x != nil {
+		return x.Source
+	}
+	return false
 }
 
 // ProgressReport is one message from a peer on its SyncProgress stream.
@@ -1807,6 +1818,223 @@ func (*LeaveHostResponse) Descriptor() ([]byte, []int) {
 	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
+// WatchHostRequest opens a host's command stream.
+type WatchHostRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The watching host, as announced. Required.
+	HostId        string `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchHostRequest) Reset() {
+	*x = WatchHostRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchHostRequest) ProtoMessage() {}
+
+func (x *WatchHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchHostRequest.ProtoReflect.Descriptor instead.
+func (*WatchHostRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *WatchHostRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+// HostCommand is one message from the scheduler on a WatchHost stream.
+type HostCommand struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the host should do.
+	//
+	// Types that are valid to be assigned to Command:
+	//
+	//	*HostCommand_SeedTask
+	Command       isHostCommand_Command `protobuf_oneof:"command"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostCommand) Reset() {
+	*x = HostCommand{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostCommand) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostCommand) ProtoMessage() {}
+
+func (x *HostCommand) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostCommand.ProtoReflect.Descriptor instead.
+func (*HostCommand) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *HostCommand) GetCommand() isHostCommand_Command {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+func (x *HostCommand) GetSeedTask() *SeedTask {
+	if x != nil {
+		if x, ok := x.Command.(*HostCommand_SeedTask); ok {
+			return x.SeedTask
+		}
+	}
+	return nil
+}
+
+type isHostCommand_Command interface {
+	isHostCommand_Command()
+}
+
+type HostCommand_SeedTask struct {
+	// Read a task from its registry and serve it.
+	SeedTask *SeedTask `protobuf:"bytes,1,opt,name=seed_task,json=seedTask,proto3,oneof"`
+}
+
+func (*HostCommand_SeedTask) isHostCommand_Command() {}
+
+// SeedTask asks a seed to read a task from its registry, once for the cluster, and to serve
+// its blocks to the task's other peers as they arrive (children may fetch block k while the
+// seed still reads block k+1).
+//
+// The scheduler has already made the seed a peer of the task, the root of its distribution,
+// under peer_id, and given that peer to other peers as their parent. The seed opens that
+// peer's SyncProgress stream and reads the task; it may first call RegisterPeer for (its host
+// id, task_id), which returns this peer_id and DIRECTIVE_BACK_TO_SOURCE. Either call tells the
+// scheduler the seed acted on the command. If it cannot read the task, it reports PeerFailed
+// on that stream (or LeaveTask): the scheduler then asks another seed, or sends a peer back to
+// the source.
+type SeedTask struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task, "sha256:<hex>".
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The peer id the scheduler assigned to the seed for this task.
+	PeerId string `protobuf:"bytes,2,opt,name=peer_id,json=peerId,proto3" json:"peer_id,omitempty"`
+	// Where to read the task.
+	Source *TaskSource `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	// Size of the task's stream in bytes; 0 if no peer knew it yet.
+	TaskSize uint64 `protobuf:"varint,4,opt,name=task_size,json=taskSize,proto3" json:"task_size,omitempty"`
+	// Block size in bytes the task's peers use.
+	BlockSize uint32 `protobuf:"varint,5,opt,name=block_size,json=blockSize,proto3" json:"block_size,omitempty"`
+	// Number of blocks; 0 when task_size is 0.
+	BlockCount    uint32 `protobuf:"varint,6,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeedTask) Reset() {
+	*x = SeedTask{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeedTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeedTask) ProtoMessage() {}
+
+func (x *SeedTask) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
+func (*SeedTask) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *SeedTask) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *SeedTask) GetPeerId() string {
+	if x != nil {
+		return x.PeerId
+	}
+	return ""
+}
+
+func (x *SeedTask) GetSource() *TaskSource {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *SeedTask) GetTaskSize() uint64 {
+	if x != nil {
+		return x.TaskSize
+	}
+	return 0
+}
+
+func (x *SeedTask) GetBlockSize() uint32 {
+	if x != nil {
+		return x.BlockSize
+	}
+	return 0
+}
+
+func (x *SeedTask) GetBlockCount() uint32 {
+	if x != nil {
+		return x.BlockCount
+	}
+	return 0
+}
+
 var File_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_scheduler_v1_scheduler_proto_rawDesc = "" +
@@ -1862,7 +2090,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"candidates\x18\x02 \x03(\v2&.p2pimage.scheduler.v1.CandidateParentR\n" +
 	"candidates\x12>\n" +
-	"\tdirective\x18\x03 \x01(\x0e2 .p2pimage.scheduler.v1.DirectiveR\tdirective\"\xba\x02\n" +
+	"\tdirective\x18\x03 \x01(\x0e2 .p2pimage.scheduler.v1.DirectiveR\tdirective\"\xd2\x02\n" +
 	"\x0fCandidateParent\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12#\n" +
@@ -1873,7 +2101,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"host_state\x18\x06 \x01(\v2 .p2pimage.scheduler.v1.HostStateR\thostState\x12\x14\n" +
 	"\x05score\x18\a \x01(\x01R\x05score\x12<\n" +
-	"\thost_type\x18\b \x01(\x0e2\x1f.p2pimage.scheduler.v1.HostTypeR\bhostType\"\xfe\x02\n" +
+	"\thost_type\x18\b \x01(\x0e2\x1f.p2pimage.scheduler.v1.HostTypeR\bhostType\x12\x16\n" +
+	"\x06source\x18\t \x01(\bR\x06source\"\xfe\x02\n" +
 	"\x0eProgressReport\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12!\n" +
@@ -1929,7 +2158,21 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x11LeaveTaskResponse\"+\n" +
 	"\x10LeaveHostRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x13\n" +
-	"\x11LeaveHostResponse*O\n" +
+	"\x11LeaveHostResponse\"+\n" +
+	"\x10WatchHostRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"X\n" +
+	"\vHostCommand\x12>\n" +
+	"\tseed_task\x18\x01 \x01(\v2\x1f.p2pimage.scheduler.v1.SeedTaskH\x00R\bseedTaskB\t\n" +
+	"\acommand\"\xd4\x01\n" +
+	"\bSeedTask\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
+	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x129\n" +
+	"\x06source\x18\x03 \x01(\v2!.p2pimage.scheduler.v1.TaskSourceR\x06source\x12\x1b\n" +
+	"\ttask_size\x18\x04 \x01(\x04R\btaskSize\x12\x1d\n" +
+	"\n" +
+	"block_size\x18\x05 \x01(\rR\tblockSize\x12\x1f\n" +
+	"\vblock_count\x18\x06 \x01(\rR\n" +
+	"blockCount*O\n" +
 	"\bHostType\x12\x19\n" +
 	"\x15HOST_TYPE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10HOST_TYPE_NORMAL\x10\x01\x12\x12\n" +
@@ -1945,7 +2188,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x16FAILURE_REASON_TIMEOUT\x10\x02\x12\x1d\n" +
 	"\x19FAILURE_REASON_CONNECTION\x10\x03\x12\x17\n" +
 	"\x13FAILURE_REASON_BUSY\x10\x04\x12\x1c\n" +
-	"\x18FAILURE_REASON_NOT_FOUND\x10\x052\xdf\x05\n" +
+	"\x18FAILURE_REASON_NOT_FOUND\x10\x052\xbb\x06\n" +
 	"\tScheduler\x12g\n" +
 	"\fAnnounceHost\x12*.p2pimage.scheduler.v1.AnnounceHostRequest\x1a+.p2pimage.scheduler.v1.AnnounceHostResponse\x12^\n" +
 	"\tKeepalive\x12'.p2pimage.scheduler.v1.KeepaliveRequest\x1a(.p2pimage.scheduler.v1.KeepaliveResponse\x12g\n" +
@@ -1953,7 +2196,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\fSyncProgress\x12%.p2pimage.scheduler.v1.ProgressReport\x1a'.p2pimage.scheduler.v1.SchedulerCommand(\x010\x01\x12|\n" +
 	"\x13GetCandidateParents\x121.p2pimage.scheduler.v1.GetCandidateParentsRequest\x1a2.p2pimage.scheduler.v1.GetCandidateParentsResponse\x12^\n" +
 	"\tLeaveTask\x12'.p2pimage.scheduler.v1.LeaveTaskRequest\x1a(.p2pimage.scheduler.v1.LeaveTaskResponse\x12^\n" +
-	"\tLeaveHost\x12'.p2pimage.scheduler.v1.LeaveHostRequest\x1a(.p2pimage.scheduler.v1.LeaveHostResponseBDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
+	"\tLeaveHost\x12'.p2pimage.scheduler.v1.LeaveHostRequest\x1a(.p2pimage.scheduler.v1.LeaveHostResponse\x12Z\n" +
+	"\tWatchHost\x12'.p2pimage.scheduler.v1.WatchHostRequest\x1a\".p2pimage.scheduler.v1.HostCommand0\x01BDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -1968,7 +2212,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(HostType)(0),                       // 0: p2pimage.scheduler.v1.HostType
 	(Directive)(0),                      // 1: p2pimage.scheduler.v1.Directive
@@ -1996,6 +2240,9 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*LeaveTaskResponse)(nil),           // 23: p2pimage.scheduler.v1.LeaveTaskResponse
 	(*LeaveHostRequest)(nil),            // 24: p2pimage.scheduler.v1.LeaveHostRequest
 	(*LeaveHostResponse)(nil),           // 25: p2pimage.scheduler.v1.LeaveHostResponse
+	(*WatchHostRequest)(nil),            // 26: p2pimage.scheduler.v1.WatchHostRequest
+	(*HostCommand)(nil),                 // 27: p2pimage.scheduler.v1.HostCommand
+	(*SeedTask)(nil),                    // 28: p2pimage.scheduler.v1.SeedTask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	0,  // 0: p2pimage.scheduler.v1.AnnounceHostRequest.type:type_name -> p2pimage.scheduler.v1.HostType
@@ -2015,25 +2262,29 @@ var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	11, // 14: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
 	1,  // 15: p2pimage.scheduler.v1.DirectiveChange.directive:type_name -> p2pimage.scheduler.v1.Directive
 	11, // 16: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
-	3,  // 17: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
-	6,  // 18: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
-	9,  // 19: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
-	12, // 20: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
-	20, // 21: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
-	22, // 22: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
-	24, // 23: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
-	4,  // 24: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
-	7,  // 25: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
-	10, // 26: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
-	17, // 27: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
-	21, // 28: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
-	23, // 29: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
-	25, // 30: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
-	24, // [24:31] is the sub-list for method output_type
-	17, // [17:24] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	28, // 17: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
+	8,  // 18: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	3,  // 19: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
+	6,  // 20: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
+	9,  // 21: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
+	12, // 22: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
+	20, // 23: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
+	22, // 24: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
+	24, // 25: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
+	26, // 26: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
+	4,  // 27: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
+	7,  // 28: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
+	10, // 29: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
+	17, // 30: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
+	21, // 31: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
+	23, // 32: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
+	25, // 33: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
+	27, // 34: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
+	27, // [27:35] is the sub-list for method output_type
+	19, // [19:27] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -2052,13 +2303,16 @@ func file_scheduler_v1_scheduler_proto_init() {
 		(*SchedulerCommand_NewParents)(nil),
 		(*SchedulerCommand_DirectiveChange)(nil),
 	}
+	file_scheduler_v1_scheduler_proto_msgTypes[24].OneofWrappers = []any{
+		(*HostCommand_SeedTask)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	Scheduler_GetCandidateParents_FullMethodName = "/p2pimage.scheduler.v1.Scheduler/GetCandidateParents"
 	Scheduler_LeaveTask_FullMethodName           = "/p2pimage.scheduler.v1.Scheduler/LeaveTask"
 	Scheduler_LeaveHost_FullMethodName           = "/p2pimage.scheduler.v1.Scheduler/LeaveHost"
+	Scheduler_WatchHost_FullMethodName           = "/p2pimage.scheduler.v1.Scheduler/WatchHost"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -35,7 +36,7 @@ const (
 // Scheduler decides which peer fetches which task from whom.
 //
 // A host's life: AnnounceHost, then Keepalive every interval, and LeaveHost when it shuts
-// down. A peer's life on one task: RegisterPeer, then one SyncProgress stream for as long as
+// down; a seed host also keeps a WatchHost stream open, on which it is asked to read tasks. A peer's life on one task: RegisterPeer, then one SyncProgress stream for as long as
 // it takes part in the task (reporting what it holds, receiving new parents and directives),
 // GetCandidateParents whenever it runs out of usable parents, and LeaveTask when it drops the
 // task. A peer that finished keeps serving its blocks as a parent until LeaveTask.
@@ -69,6 +70,15 @@ type SchedulerClient interface {
 	LeaveTask(ctx context.Context, in *LeaveTaskRequest, opts ...grpc.CallOption) (*LeaveTaskResponse, error)
 	// LeaveHost removes a host and all its peers, on an orderly shutdown of its daemon.
 	LeaveHost(ctx context.Context, in *LeaveHostRequest, opts ...grpc.CallOption) (*LeaveHostResponse, error)
+	// WatchHost is one server stream per host that the scheduler may give work to, opened after
+	// AnnounceHost and kept open for as long as the host runs. Today only seeds need it: a seed
+	// host (HOST_TYPE_SEED) can be asked to read a task only while its WatchHost stream is
+	// open, and receives a SeedTask on it when it is. A host re-opens the stream when it ends
+	// (announcing itself again on NOT_FOUND); on every open the scheduler sends again each
+	// SeedTask the host was given and has not yet acted on (see SeedTask), so a command is never
+	// lost with a broken stream. A second stream for the same host replaces the first, which
+	// ends.
+	WatchHost(ctx context.Context, in *WatchHostRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HostCommand], error)
 }
 
 type schedulerClient struct {
@@ -152,6 +162,25 @@ func (c *schedulerClient) LeaveHost(ctx context.Context, in *LeaveHostRequest, o
 	return out, nil
 }
 
+func (c *schedulerClient) WatchHost(ctx context.Context, in *WatchHostRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HostCommand], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Scheduler_ServiceDesc.Streams[1], Scheduler_WatchHost_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchHostRequest, HostCommand]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_WatchHostClient = grpc.ServerStreamingClient[HostCommand]
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -159,7 +188,7 @@ func (c *schedulerClient) LeaveHost(ctx context.Context, in *LeaveHostRequest, o
 // Scheduler decides which peer fetches which task from whom.
 //
 // A host's life: AnnounceHost, then Keepalive every interval, and LeaveHost when it shuts
-// down. A peer's life on one task: RegisterPeer, then one SyncProgress stream for as long as
+// down; a seed host also keeps a WatchHost stream open, on which it is asked to read tasks. A peer's life on one task: RegisterPeer, then one SyncProgress stream for as long as
 // it takes part in the task (reporting what it holds, receiving new parents and directives),
 // GetCandidateParents whenever it runs out of usable parents, and LeaveTask when it drops the
 // task. A peer that finished keeps serving its blocks as a parent until LeaveTask.
@@ -193,6 +222,15 @@ type SchedulerServer interface {
 	LeaveTask(context.Context, *LeaveTaskRequest) (*LeaveTaskResponse, error)
 	// LeaveHost removes a host and all its peers, on an orderly shutdown of its daemon.
 	LeaveHost(context.Context, *LeaveHostRequest) (*LeaveHostResponse, error)
+	// WatchHost is one server stream per host that the scheduler may give work to, opened after
+	// AnnounceHost and kept open for as long as the host runs. Today only seeds need it: a seed
+	// host (HOST_TYPE_SEED) can be asked to read a task only while its WatchHost stream is
+	// open, and receives a SeedTask on it when it is. A host re-opens the stream when it ends
+	// (announcing itself again on NOT_FOUND); on every open the scheduler sends again each
+	// SeedTask the host was given and has not yet acted on (see SeedTask), so a command is never
+	// lost with a broken stream. A second stream for the same host replaces the first, which
+	// ends.
+	WatchHost(*WatchHostRequest, grpc.ServerStreamingServer[HostCommand]) error
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -223,6 +261,9 @@ func (UnimplementedSchedulerServer) LeaveTask(context.Context, *LeaveTaskRequest
 }
 func (UnimplementedSchedulerServer) LeaveHost(context.Context, *LeaveHostRequest) (*LeaveHostResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method LeaveHost not implemented")
+}
+func (UnimplementedSchedulerServer) WatchHost(*WatchHostRequest, grpc.ServerStreamingServer[HostCommand]) error {
+	return status.Error(codes.Unimplemented, "method WatchHost not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -360,6 +401,17 @@ func _Scheduler_LeaveHost_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Scheduler_WatchHost_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchHostRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SchedulerServer).WatchHost(m, &grpc.GenericServerStream[WatchHostRequest, HostCommand]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Scheduler_WatchHostServer = grpc.ServerStreamingServer[HostCommand]
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -398,6 +450,11 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Scheduler_SyncProgress_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "WatchHost",
+			Handler:       _Scheduler_WatchHost_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "scheduler/v1/scheduler.proto",
