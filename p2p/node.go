@@ -146,8 +146,9 @@ func (n *Node) indexFromParents(ctx context.Context, task layer.TaskID, parents 
 	ctx, cancel := context.WithTimeout(ctx, indexWait)
 	defer cancel()
 	backoff := 50 * time.Millisecond
+	failed := map[string]bool{}
 	for {
-		x, err := n.index(ctx, task, parents)
+		x, err := n.index(ctx, task, parents, failed)
 		if err == nil {
 			return x, nil
 		}
@@ -157,17 +158,25 @@ func (n *Node) indexFromParents(ctx context.Context, task layer.TaskID, parents 
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)
-		if more, perr := n.sched.Parents(ctx, task, nil); perr == nil {
+		// Parents that failed are left out: the scheduler may not know yet that they died.
+		exclude := make([]string, 0, len(failed))
+		for id := range failed {
+			exclude = append(exclude, id)
+		}
+		if more, perr := n.sched.Parents(ctx, task, exclude); perr == nil {
 			parents = more
+		}
+		if len(failed) > 16 {
+			clear(failed) // they may have recovered
 		}
 	}
 }
 
 // index gets task's index from a parent that vouches for it, trying each in turn.
-func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Parent) (*layer.Index, error) {
+func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Parent, failed map[string]bool) (*layer.Index, error) {
 	var errs []error
 	for _, p := range parents {
-		if !p.Vouches {
+		if !p.Vouches || failed[p.ID] {
 			continue
 		}
 		enc, _, err := n.client.Index(ctx, p.Addr, task, parentIndexWait)
@@ -185,6 +194,9 @@ func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Par
 			}
 		}
 		errs = append(errs, fmt.Errorf("parent %s: %w", p.Addr, err))
+		if !errors.Is(err, peer.ErrNotFound) {
+			failed[p.ID] = true // unreachable, or it sent something wrong
+		}
 		if ctx.Err() != nil {
 			break
 		}
@@ -208,6 +220,7 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 		return nil
 	}
 	var table layer.BlockTable
+	start := time.Now()
 	_, err = stream.Copy(ctx, io.Discard, n.cache, stream.Task{ID: task, Size: l.Index.Blocks.Size, Digest: digest.Digest(task)}, l,
 		stream.WithWindow(n.window), stream.WithVerified(func(t layer.BlockTable) { table = t }))
 	if err != nil {
@@ -217,6 +230,9 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 	if enc, err := l.Index.Marshal(); err == nil {
 		n.registry.SetIndex(task, enc)
 	}
+	d := time.Since(start)
+	log.G(ctx).WithFields(log.Fields{"task": task, "bytes": table.Size, "duration": d,
+		"MBps": int(float64(table.Size) / 1e6 / max(d.Seconds(), 1e-9))}).Info("warmed layer from peers")
 	if n.sched != nil {
 		if err := n.sched.Holding(ctx, task, l.Index.Blocks.Size); err != nil {
 			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell the scheduler this node holds a layer")

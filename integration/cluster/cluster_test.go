@@ -41,7 +41,7 @@ func startCluster(t *testing.T, o Options, size int) (*Cluster, seed.Source) {
 		o.Dir = filepath.Join(os.TempDir(), "p2p-cluster-"+o.Name)
 		os.RemoveAll(o.Dir)
 		t.Cleanup(func() {
-			if !t.Failed() {
+			if !t.Failed() && os.Getenv("P2P_CLUSTER_KEEP") == "" {
 				os.RemoveAll(o.Dir)
 			}
 		})

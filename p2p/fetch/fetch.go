@@ -65,7 +65,7 @@ type Task struct {
 // Tuning bounds, overridable by options.
 const (
 	// DefaultWait is how long a parent may wait for a block it is still receiving.
-	DefaultWait = 20 * time.Second
+	DefaultWait = 5 * time.Second
 	// minRate is the slowest transfer tolerated before a parent counts as stalled.
 	minRate = 256 << 10
 	// cooldown sets aside a parent that failed or stalled.
@@ -106,6 +106,7 @@ type parentState struct {
 	inflight  int
 	bad       bool      // sent a corrupt block: never again for this task
 	until     time.Time // set aside until then
+	unreached bool      // set aside because it could not be reached or stalled
 }
 
 // Option configures a Fetcher.
@@ -227,18 +228,18 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 		}
 		return 0
 	case errors.Is(*err, peer.ErrBusy):
-		p.until = now.Add(busyBackoff)
+		p.until, p.unreached = now.Add(busyBackoff), false
 		return ReasonBusy
 	case errors.Is(*err, peer.ErrNotFound):
-		p.until = now.Add(cooldown)
+		p.until, p.unreached = now.Add(cooldown), false
 		return ReasonNotFound
 	case ctx.Err() == nil && errors.Is(*err, context.DeadlineExceeded):
-		p.until = now.Add(cooldown)
+		p.until, p.unreached = now.Add(cooldown), true
 		p.rate /= 2
 		f.client.Forget(p.Addr)
 		return ReasonTimeout
 	default:
-		p.until = now.Add(cooldown)
+		p.until, p.unreached = now.Add(cooldown), true
 		f.client.Forget(p.Addr)
 		return ReasonConnection
 	}
@@ -331,12 +332,14 @@ func (f *Fetcher) pickLocked() (*parentState, time.Time) {
 	return cands[len(cands)-1], time.Time{}
 }
 
-// refresh asks the ParentSource for candidates, excluding bad parents.
+// refresh asks the ParentSource for candidates, excluding bad parents and those that could
+// not be reached lately (the scheduler may not know yet that they died).
 func (f *Fetcher) refresh(ctx context.Context) error {
 	f.mu.Lock()
 	var exclude []string
+	now := f.now()
 	for id, p := range f.known {
-		if p.bad {
+		if p.bad || p.unreached && now.Before(p.until) {
 			exclude = append(exclude, id)
 		}
 	}
