@@ -170,6 +170,12 @@ func (s *Scheduler) ensureProvider(ctx context.Context, t *task, prefer *peer) {
 		s.rootProvider(ctx, t, prefer)
 		return
 	}
+	s.addProvider(ctx, t, prefer)
+}
+
+// addProvider gives t a new provider, as ensureProvider describes, whatever providers it has.
+// The caller holds mu.
+func (s *Scheduler) addProvider(ctx context.Context, t *task, prefer *peer) {
 	if t.source == nil {
 		return
 	}

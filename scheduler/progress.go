@@ -141,7 +141,7 @@ func (s *Scheduler) apply(ctx context.Context, p *peer, r *schedulerv1.ProgressR
 			}
 			if !wasBad && s.bad(parent) {
 				log.G(ctx).WithFields(log.Fields{"task": t.id, "peer": parent.id, "mean": parent.durations.Mean()}).Info("parent slow: reparenting its children")
-				s.wentBad(parent)
+				s.wentBad(ctx, parent)
 			}
 		}
 		if had == 0 && p.heldCount > 0 {
@@ -170,7 +170,7 @@ func (s *Scheduler) apply(ctx context.Context, p *peer, r *schedulerv1.ProgressR
 		}
 		if !wasBad && s.bad(parent) {
 			log.G(ctx).WithFields(log.Fields{"task": t.id, "peer": parent.id, "reason": bf.Reason}).Info("parent bad: reparenting its children")
-			s.wentBad(parent)
+			s.wentBad(ctx, parent)
 		}
 	case *schedulerv1.ProgressReport_Finished:
 		f := rep.Finished
@@ -218,10 +218,15 @@ func (s *Scheduler) bad(c *peer) bool {
 	return s.filter.Bad(&selection.Candidate{Corrupt: c.corrupt, Failures: c.failures, Slow: c.durations.Slow()})
 }
 
-// wentBad gives new parents to the children of a parent that just went bad. The caller
-// holds mu.
-func (s *Scheduler) wentBad(c *peer) {
+// wentBad gives new parents to the children of a parent that just went bad, and, if it was
+// the task's last good provider (a corrupt peer claiming to hold the task, say), finds the
+// task a new one. The caller holds mu.
+func (s *Scheduler) wentBad(ctx context.Context, c *peer) {
 	t := c.task
+	if c.provider() && !s.hasGoodProvider(t) {
+		log.G(ctx).WithFields(log.Fields{"task": t.id, "peer": c.id}).Info("the task's last good provider went bad: finding another")
+		s.addProvider(ctx, t, nil)
+	}
 	var children []*peer
 	switch t.mode {
 	case ModeTree:
@@ -234,6 +239,16 @@ func (s *Scheduler) wentBad(c *peer) {
 	for _, ch := range children {
 		s.reparent(ch)
 	}
+}
+
+// hasGoodProvider reports whether a provider of t is not bad. The caller holds mu.
+func (s *Scheduler) hasGoodProvider(t *task) bool {
+	for _, p := range t.peers {
+		if p.provider() && !s.bad(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // trim drops bits at or beyond the task's block count, when known, and recounts.

@@ -248,3 +248,36 @@ func TestSeedArrivesLater(t *testing.T) {
 		t.Fatalf("node got %v; want the seed", got)
 	}
 }
+
+// TestSeedTriggeredWhenTheOnlyHolderGoesBad: a peer that claims to hold the whole task (and
+// so kept the scheduler from asking a seed) sends a corrupt block; the scheduler then asks
+// a seed to read the task and gives the other peers that seed.
+func TestSeedTriggeredWhenTheOnlyHolderGoesBad(t *testing.T) {
+	e := newEnv(t)
+	e.announce("seed-1", seed)
+	w := e.watch("seed-1")
+	e.announce("liar", normal)
+	e.announce("node", normal)
+	task := taskID(7)
+	liar := e.register("liar", task, false)
+	lp := e.open(liar.PeerId, task)
+	e.report(lp, &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_Finished{Finished: &schedulerv1.PeerFinished{TaskSize: 16 << 20, BlockCount: 16}}})
+	node := e.register("node", task, true)
+	if got := ids(node.Candidates); !slices.Equal(got, []string{liar.PeerId}) {
+		t.Fatalf("got candidates %v; want the peer claiming the whole task", got)
+	}
+	if cmd, err := pending(w.box); err == nil {
+		t.Fatalf("seed asked %v while a peer held the task", cmd)
+	}
+	np := e.open(node.PeerId, task)
+	e.report(np, &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_BlockFailure{BlockFailure: &schedulerv1.BlockFailure{
+		Index: 0, ParentPeerId: liar.PeerId, Reason: schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH}}})
+	cmd, err := pending(w.box)
+	if err != nil || cmd.GetSeedTask().GetTaskId() != task {
+		t.Fatalf("after the only holder went bad: seed command %v, %v; want the task", cmd, err)
+	}
+	got := nextCommand(t, np).GetNewParents()
+	if ps := ids(got.GetCandidates()); !slices.Contains(ps, cmd.GetSeedTask().GetPeerId()) || slices.Contains(ps, liar.PeerId) {
+		t.Fatalf("node's new parents %v; want the seed's peer %s and not the liar", ps, cmd.GetSeedTask().GetPeerId())
+	}
+}

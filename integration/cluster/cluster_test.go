@@ -36,6 +36,13 @@ func needRoot(t *testing.T) {
 // random file of size bytes; it returns the layer's source as the daemons see it.
 func startCluster(t *testing.T, o Options, size int) (*Cluster, seed.Source) {
 	t.Helper()
+	c, src, _ := startClusterWithFiles(t, o, size)
+	return c, src
+}
+
+// startClusterWithFiles is startCluster that also returns the layer's files.
+func startClusterWithFiles(t *testing.T, o Options, size int) (*Cluster, seed.Source, []layertest.File) {
+	t.Helper()
 	needRoot(t)
 	if o.Dir == "" {
 		o.Dir = filepath.Join(os.TempDir(), "p2p-cluster-"+o.Name)
@@ -75,7 +82,7 @@ func startCluster(t *testing.T, o Options, size int) (*Cluster, seed.Source) {
 		Host: c.Registry.Addr, Repository: "test/dist",
 		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
 		DiffID: digest.Digest(l.DiffID),
-	}
+	}, files
 }
 
 // warmAll warms src on every daemon at once and returns each one's error.
