@@ -77,6 +77,9 @@ func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Stor
 	return n
 }
 
+// DownloadRate is the rate at which this node has been receiving blocks from peers, bytes/s.
+func (n *Node) DownloadRate() int64 { return n.client.DownloadRate() }
+
 // Close closes the node's connections to peers.
 func (n *Node) Close() error { return n.client.Close() }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
@@ -63,8 +64,10 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 
 	var (
 		sched  p2p.Scheduler
-		node   *p2p.Node
 		server *peer.Server
+		// The scheduler client needs the node (to seed, to report its download rate) and
+		// the node needs the client: the client reaches the node through this.
+		nodeRef atomic.Pointer[p2p.Node]
 	)
 	if cfg.P2P.Address != "" {
 		server = peer.NewServer(record, peer.WithSlots(cfg.P2P.UploadSlots))
@@ -80,11 +83,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 		closers = append(closers, server.Close)
 		log.G(ctx).WithField("address", ln.Addr().String()).Info("serving blocks to peers")
 		if len(cfg.P2P.Schedulers) > 0 {
-			c, err := newSchedulerClient(ctx, cfg, server, func(ctx context.Context, src seed.Source) {
-				if err := node.SeedLayer(ctx, src); err != nil {
-					log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("cannot seed a layer the scheduler sent")
-				}
-			})
+			c, err := newSchedulerClient(ctx, cfg, server, &nodeRef)
 			if err != nil {
 				return nil, err
 			}
@@ -92,15 +91,17 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 			sched = c
 		}
 	}
-	node = p2p.NewNode(cache, record, seeds, sched)
+	node := p2p.NewNode(cache, record, seeds, sched)
+	nodeRef.Store(node)
 	closers = append(closers, node.Close)
 	m := fusemanager.NewMounter(node)
 	closers = append(closers, func() error { m.Close(); return nil })
 	return &dataPlaneParts{mounter: m, blobs: blobs.New(cache, client), node: node, close: closeAll}, nil
 }
 
-// newSchedulerClient connects to the schedulers of cfg as the host cfg describes.
-func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, onSeed func(context.Context, seed.Source)) (*scheduling.Client, error) {
+// newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is
+// set once the node exists.
+func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, node *atomic.Pointer[p2p.Node]) (*scheduling.Client, error) {
 	ring, err := scheduling.NewRing(ctx, cfg.P2P.Schedulers, time.Duration(cfg.P2P.SchedulerCooldown), net.DefaultResolver, time.Now)
 	if err != nil {
 		return nil, err
@@ -123,11 +124,28 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 	}
 	state := func() *schedulerv1.HostState {
 		st := server.State()
-		return &schedulerv1.HostState{UploadRate: uint64(st.UploadRate), FreeUploadSlots: uint32(st.FreeSlots), Load: st.Load}
+		hs := &schedulerv1.HostState{UploadRate: uint64(st.UploadRate), FreeUploadSlots: uint32(st.FreeSlots), Load: st.Load}
+		if n := node.Load(); n != nil {
+			hs.DownloadRate = uint64(n.DownloadRate())
+		}
+		return hs
 	}
 	var opts []scheduling.Option
 	if cfg.P2P.Seed {
-		opts = append(opts, scheduling.WithSeedHandler(onSeed))
+		opts = append(opts, scheduling.WithSeedHandler(func(ctx context.Context, src seed.Source) {
+			n := node.Load()
+			for n == nil { // only in the instant between the client's start and the node's
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(10 * time.Millisecond):
+				}
+				n = node.Load()
+			}
+			if err := n.SeedLayer(ctx, src); err != nil {
+				log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("cannot seed a layer the scheduler sent")
+			}
+		}))
 	}
 	return scheduling.New(host, state, ring, opts...), nil
 }

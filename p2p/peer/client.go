@@ -33,6 +33,7 @@ const dialTimeout = 5 * time.Second
 // Client asks peers for blocks and digests. It is safe for concurrent use.
 type Client struct {
 	dialer net.Dialer
+	meter  *RateMeter // bytes received
 
 	mu     sync.Mutex
 	idle   map[string][]*conn
@@ -46,8 +47,14 @@ type conn struct {
 
 // NewClient returns a client.
 func NewClient() *Client {
-	return &Client{dialer: net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}, idle: make(map[string][]*conn)}
+	return &Client{dialer: net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}, meter: NewRateMeter(time.Now), idle: make(map[string][]*conn)}
 }
+
+// DownloadRate is the rate at which this client has been receiving, in bytes/s.
+func (c *Client) DownloadRate() int64 { return c.meter.Rate() }
+
+// DownloadedBytes is every payload byte this client has received.
+func (c *Client) DownloadedBytes() int64 { return c.meter.Total() }
 
 // Close closes the idle connections; connections in use close when their request ends.
 func (c *Client) Close() error {
@@ -127,7 +134,7 @@ func (c *Client) do(ctx context.Context, addr string, req wire.Request, read fun
 	}
 	// The connection is closed if ctx ends mid-exchange: that unblocks reads and writes.
 	stop := context.AfterFunc(ctx, func() { cn.Close() })
-	st, err := exchange(cn, req, read)
+	st, err := exchange(cn, c.meter, req, read)
 	if !stop() {
 		cn.Close()
 		if err == nil || ctx.Err() != nil {
@@ -143,7 +150,7 @@ func (c *Client) do(ctx context.Context, addr string, req wire.Request, read fun
 	return st, err
 }
 
-func exchange(cn *conn, req wire.Request, read func(wire.ResponseHeader, io.Reader) error) (wire.State, error) {
+func exchange(cn *conn, meter *RateMeter, req wire.Request, read func(wire.ResponseHeader, io.Reader) error) (wire.State, error) {
 	// The peer may wait req.Wait before it answers; allow for the transfer on top.
 	cn.SetDeadline(time.Now().Add(req.Wait + ioTimeout))
 	if err := wire.WriteRequest(cn, req); err != nil {
@@ -172,6 +179,7 @@ func exchange(cn *conn, req wire.Request, read func(wire.ResponseHeader, io.Read
 	if err := read(h, io.LimitReader(cn.r, int64(h.Length))); err != nil {
 		return h.State, err
 	}
+	meter.Add(int64(h.Length))
 	return h.State, nil
 }
 
