@@ -6,11 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"sync"
-	"syscall"
 
 	"github.com/containerd/errdefs"
 )
@@ -72,8 +70,10 @@ func (l *Lab) AddHost(ctx context.Context, name string, limits Limits) (*Host, e
 	}
 	sw := l.switchNS()
 	mtu := strconv.Itoa(l.mtu)
+	if _, err := runCmd(ctx, l.ip, "netns", "add", h.Netns); err != nil {
+		return nil, fmt.Errorf("netlab %s: add host %s: %w", l.Name, name, err)
+	}
 	err := l.run(ctx,
-		[]string{l.ip, "netns", "add", h.Netns},
 		[]string{l.ip, "-n", h.Netns, "link", "set", "lo", "up"},
 		[]string{l.ip, "-n", sw, "link", "add", h.Port, "mtu", mtu, "type", "veth", "peer", "name", hostIf, "mtu", mtu, "netns", h.Netns},
 		[]string{l.ip, "-n", sw, "link", "set", h.Port, "addrgenmode", "none"},
@@ -92,11 +92,8 @@ func (l *Lab) AddHost(ctx context.Context, name string, limits Limits) (*Host, e
 			_, derr = runCmd(ctx, l.ip, "-n", sw, "link", "del", h.Port)
 			err = errors.Join(err, derr)
 		}
-		if _, derr := os.Stat(nsPath(h.Netns)); derr == nil {
-			_, derr = runCmd(ctx, l.ip, "netns", "del", h.Netns)
-			err = errors.Join(err, derr)
-		}
-		return nil, err
+		_, derr := runCmd(ctx, l.ip, "netns", "del", h.Netns)
+		return nil, errors.Join(err, derr)
 	}
 	l.hosts = append(l.hosts, h)
 	l.next = l.next.Next()
@@ -174,15 +171,7 @@ func (h *Host) Listen(ctx context.Context, network, address string) (net.Listene
 func (h *Host) Dial(ctx context.Context, network string, addr netip.AddrPort) (net.Conn, error) {
 	var conn net.Conn
 	err := inNetns(nsPath(h.Netns), func() (err error) {
-		d := &net.Dialer{}
-		if cc := os.Getenv("NETLAB_CC"); cc != "" { // TEMP
-			d.Control = func(_, _ string, c syscall.RawConn) error {
-				var serr error
-				c.Control(func(fd uintptr) { serr = syscall.SetsockoptString(int(fd), syscall.IPPROTO_TCP, 13, cc) })
-				return serr
-			}
-		}
-		conn, err = d.DialContext(ctx, network, addr.String())
+		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr.String())
 		return err
 	})
 	if err != nil {

@@ -35,19 +35,17 @@ func (h *Host) Start(ctx context.Context, logPath string, argv ...string) (*Proc
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("netlab %s: host %s: start: no command", l.Name, h.Name)
 	}
-	var out *os.File
-	if logPath != "" {
+	cmd := exec.Command(l.ip, append([]string{"netns", "exec", h.Netns}, argv...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if logPath != "" { // else os/exec connects the child to /dev/null
 		f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 		if err != nil {
 			return nil, fmt.Errorf("netlab %s: host %s: start %s: %w", l.Name, h.Name, argv[0], err)
 		}
 		defer f.Close() // the child has its own copy
 		fmt.Fprintf(f, "=== %s netlab %s host %s: %s\n", time.Now().Format(time.RFC3339Nano), l.Name, h.Name, strings.Join(argv, " "))
-		out = f
+		cmd.Stdout, cmd.Stderr = f, f
 	}
-	cmd := exec.Command(l.ip, append([]string{"netns", "exec", h.Netns}, argv...)...)
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
