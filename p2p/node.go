@@ -251,3 +251,21 @@ func (n *Node) SeedLayer(ctx context.Context, src seed.Source) error {
 	_, err := n.seed(ctx, src)
 	return err
 }
+
+// Stream writes the uncompressed stream (the tar) of the layer src names to w, front to back,
+// in stream mode: blocks come through the cache a window at a time, from peers or this
+// node's own copy, and the whole is checked against the diffID before its last block is
+// written. It returns the bytes written.
+func (n *Node) Stream(ctx context.Context, w io.Writer, src seed.Source) (int64, error) {
+	l, err := n.Layer(ctx, src)
+	if err != nil {
+		return 0, err
+	}
+	task := l.Index.Task()
+	written, err := stream.Copy(ctx, w, n.cache, stream.Task{ID: task, Size: l.Index.Blocks.Size, Digest: digest.Digest(task)}, l,
+		stream.WithWindow(n.window))
+	if err != nil {
+		return written, fmt.Errorf("stream layer %s: %w", task, err)
+	}
+	return written, nil
+}

@@ -38,6 +38,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
-	root.AddCommand(newIndexCommand(), newDemoCommand())
+	root.AddCommand(newIndexCommand(), newDemoCommand(), newGetCommand())
 	return root
 }

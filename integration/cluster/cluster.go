@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
 	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
@@ -87,7 +90,7 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 			c.Close()
 		}
 	}()
-	for _, cmd := range []string{"p2p-snapshotter", "p2p-scheduler"} {
+	for _, cmd := range []string{"p2p-snapshotter", "p2p-scheduler", "p2pctl"} {
 		if err := containerdenv.BuildCommand(ctx, "./cmd/"+cmd, filepath.Join(c.bin, cmd), o.Race); err != nil {
 			return nil, fmt.Errorf("cluster: %w", err)
 		}
@@ -276,6 +279,39 @@ type Registry struct {
 	// BlobBytes counts the blob bytes sent to the lab's hosts.
 	BlobBytes atomic.Int64
 	srv       *http.Server
+
+	mu     sync.Mutex
+	byBlob map[string]*atomic.Int64 // by the digest in the request path
+}
+
+// BytesOf returns the bytes of blob dgst sent to the lab's hosts.
+func (r *Registry) BytesOf(dgst digest.Digest) int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if n := r.byBlob[dgst.String()]; n != nil {
+		return n.Load()
+	}
+	return 0
+}
+
+// ResetCounters zeroes every counter.
+func (r *Registry) ResetCounters() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.BlobBytes.Store(0)
+	clear(r.byBlob)
+}
+
+func (r *Registry) blobCounter(path string) *atomic.Int64 {
+	d := path[strings.LastIndex(path, "/")+1:]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.byBlob[d]
+	if n == nil {
+		n = new(atomic.Int64)
+		r.byBlob[d] = n
+	}
+	return n
 }
 
 func startRegistry(ctx context.Context, h *netlab.Host) (*Registry, error) {
@@ -289,10 +325,10 @@ func startRegistry(ctx context.Context, h *netlab.Host) (*Registry, error) {
 		inner.Close()
 		return nil, err
 	}
-	r := &Registry{Registry: inner, Addr: addr}
+	r := &Registry{Registry: inner, Addr: addr, byBlob: make(map[string]*atomic.Int64)}
 	r.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
-			w = &countingWriter{ResponseWriter: w, n: &r.BlobBytes}
+			w = &countingWriter{ResponseWriter: w, n: &r.BlobBytes, blob: r.blobCounter(req.URL.Path)}
 		}
 		inner.Handler().ServeHTTP(w, req)
 	}), ReadHeaderTimeout: 30 * time.Second}
@@ -307,11 +343,12 @@ func (r *Registry) Close() error {
 
 type countingWriter struct {
 	http.ResponseWriter
-	n *atomic.Int64
+	n, blob *atomic.Int64
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
 	c.n.Add(int64(n))
+	c.blob.Add(int64(n))
 	return n, err
 }

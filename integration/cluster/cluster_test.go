@@ -63,7 +63,7 @@ func startClusterWithFiles(t *testing.T, o Options, size int) (*Cluster, seed.So
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("logs are in %s", o.Dir)
+			logTails(t, o.Dir)
 		}
 		c.Close()
 	})
@@ -77,7 +77,7 @@ func startClusterWithFiles(t *testing.T, o Options, size int) (*Cluster, seed.So
 		t.Fatal(err)
 	}
 	l := img.Layers[0]
-	c.Registry.BlobBytes.Store(0)
+	c.Registry.ResetCounters()
 	return c, seed.Source{
 		Host: c.Registry.Addr, Repository: "test/dist",
 		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
@@ -113,7 +113,7 @@ func TestEightPeersOneRegistryCopy(t *testing.T) {
 		}
 	}
 	t.Logf("8 peers warmed the layer in %s", time.Since(start).Round(time.Millisecond))
-	if got := c.Registry.BlobBytes.Load(); got != src.Blob.Size {
+	if got := c.Registry.BytesOf(src.Blob.Digest); got != src.Blob.Size {
 		t.Errorf("registry sent %d blob bytes, want exactly one copy (%d)", got, src.Blob.Size)
 	}
 }
@@ -146,7 +146,26 @@ func TestParentKilledMidTransfer(t *testing.T) {
 			t.Errorf("peer %d did not complete in time: %v", i+1, err)
 		}
 	}
-	if got := c.Registry.BlobBytes.Load(); got != src.Blob.Size {
+	if got := c.Registry.BytesOf(src.Blob.Digest); got != src.Blob.Size {
 		t.Errorf("registry sent %d blob bytes, want one copy (%d)", got, src.Blob.Size)
+	}
+}
+
+// logTails logs the last lines of every log in dir that are not debug lines.
+func logTails(t *testing.T, dir string) {
+	t.Logf("logs are in %s", dir)
+	logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	for _, p := range logs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		var keep []string
+		for _, line := range strings.Split(string(b), "\n") {
+			if line != "" && !strings.Contains(line, "level=debug") {
+				keep = append(keep, line)
+			}
+		}
+		t.Logf("%s, last lines:\n%s", filepath.Base(p), strings.Join(keep[max(0, len(keep)-15):], "\n"))
 	}
 }

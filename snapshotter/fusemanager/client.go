@@ -90,6 +90,33 @@ func (c *Client) CopyBlob(ctx context.Context, w io.Writer, req blobs.Request) (
 	return n, nil
 }
 
+// Stream asks the manager for the uncompressed stream of the layer src names and writes it
+// to w. The manager checks it against the diffID before it sends the last block, so a
+// stream that ends without an error is the layer.
+func (c *Client) Stream(ctx context.Context, w io.Writer, src seed.Source) (int64, error) {
+	b, err := json.Marshal(mountRequest{Source: &src})
+	if err != nil {
+		return 0, err
+	}
+	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/stream", bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(hr)
+	if err != nil {
+		return 0, fmt.Errorf("stream layer %s: %w", src.DiffID, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("stream layer %s: %s", src.DiffID, responseError(resp))
+	}
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return n, fmt.Errorf("stream layer %s: %w", src.DiffID, err)
+	}
+	return n, nil
+}
+
 // Ping reports whether the manager answers.
 func (c *Client) Ping(ctx context.Context) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://fuse-manager/ping", nil)

@@ -79,6 +79,35 @@ func WithWarmer(wm Warmer) ServeOption {
 	}
 }
 
+// Streamer writes a layer's uncompressed stream. p2p.Node satisfies it.
+type Streamer interface {
+	Stream(ctx context.Context, w io.Writer, src seed.Source) (int64, error)
+}
+
+// WithStreamer also serves POST /stream: the uncompressed stream of a layer, verified, as
+// the response body (Client.Stream).
+func WithStreamer(st Streamer) ServeOption {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("POST /stream", func(w http.ResponseWriter, r *http.Request) {
+			var req mountRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source == nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %v", err))
+				return
+			}
+			fw := &firstWrite{w: w}
+			n, err := st.Stream(r.Context(), fw, *req.Source)
+			switch {
+			case err == nil:
+			case !fw.started:
+				writeError(w, http.StatusBadGateway, err)
+			default:
+				log.G(r.Context()).WithError(err).WithFields(log.Fields{"diffID": req.Source.DiffID, "sent": n}).Warn("FUSE manager: layer stream failed midway")
+				panic(http.ErrAbortHandler)
+			}
+		})
+	}
+}
+
 // firstWrite answers 200 with the first bytes written.
 type firstWrite struct {
 	w       http.ResponseWriter
