@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/containerd/log"
@@ -116,6 +118,11 @@ func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) 
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", task, err)
 	}
+	return n.peerLayer(task, x)
+}
+
+// peerLayer returns the layer with index x whose blocks come from parents.
+func (n *Node) peerLayer(task layer.TaskID, x *layer.Index) (*seed.Layer, error) {
 	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: x.Blocks.Size, BlockSize: x.Blocks.BlockSize, Digests: x.Blocks.Digests}, n.sched,
 		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
 	if err != nil {
@@ -151,7 +158,7 @@ func (n *Node) indexFromParents(ctx context.Context, task layer.TaskID, parents 
 	backoff := 50 * time.Millisecond
 	failed := map[string]bool{}
 	for {
-		x, err := n.index(ctx, task, parents, failed)
+		x, err := n.index(ctx, task, parents, failed, parentIndexWait)
 		if err == nil {
 			return x, nil
 		}
@@ -176,13 +183,14 @@ func (n *Node) indexFromParents(ctx context.Context, task layer.TaskID, parents 
 }
 
 // index gets task's index from a parent that vouches for it, trying each in turn.
-func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Parent, failed map[string]bool) (*layer.Index, error) {
+// A parent may wait up to wait for an index its pass is still producing.
+func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Parent, failed map[string]bool, wait time.Duration) (*layer.Index, error) {
 	var errs []error
 	for _, p := range parents {
 		if !p.Vouches || failed[p.ID] {
 			continue
 		}
-		enc, _, err := n.client.Index(ctx, p.Addr, task, parentIndexWait)
+		enc, _, err := n.client.Index(ctx, p.Addr, task, wait)
 		if err == nil {
 			var x *layer.Index
 			if x, err = layer.Unmarshal(enc); err == nil {
@@ -212,36 +220,133 @@ func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Par
 
 // Warm fetches the whole layer src names into the cache and checks it against its diffID;
 // from then on this node serves it and vouches for it (until its blocks are evicted). A
-// layer held on disk is warm already.
+// layer held on disk is warm already. When no parent has the layer's index yet (its seed's
+// pass is still running), Warm does not wait for it: it fetches blocks as the pass produces
+// them, pipelined behind the seed, and takes the index at the end.
 func (n *Node) Warm(ctx context.Context, src seed.Source) error {
-	l, err := n.Layer(ctx, src)
-	if err != nil {
-		return err
-	}
-	task := l.Index.Task()
+	task := layer.TaskIDFromDigest(src.DiffID)
 	if _, ok := n.registry.CompleteTable(task); ok {
 		return nil
 	}
-	var table layer.BlockTable
-	start := time.Now()
-	_, err = stream.Copy(ctx, io.Discard, n.cache, stream.Task{ID: task, Size: l.Index.Blocks.Size, Digest: digest.Digest(task)}, l,
-		stream.WithWindow(n.window), stream.WithVerified(func(t layer.BlockTable) { table = t }))
+	if _, err := n.seeds.Open(task); err == nil || n.sched == nil {
+		_, err := n.Layer(ctx, src)
+		return err
+	}
+	reg, err := n.sched.Register(ctx, src, int64(n.cache.BlockSize()))
 	if err != nil {
+		return fmt.Errorf("layer %s: register with the scheduler: %w", task, err)
+	}
+	if reg.Directive == BackToSource {
+		_, err := n.seed(ctx, src)
+		return err
+	}
+	start := time.Now()
+	var table layer.BlockTable
+	if x, err := n.index(ctx, task, reg.Parents, map[string]bool{}, 0); err == nil {
+		l, err := n.peerLayer(task, x)
+		if err != nil {
+			return err
+		}
+		_, err = stream.Copy(ctx, io.Discard, n.cache, stream.Task{ID: task, Size: l.Index.Blocks.Size, Digest: digest.Digest(task)}, l,
+			stream.WithWindow(n.window), stream.WithVerified(func(t layer.BlockTable) { table = t }))
+		if err != nil {
+			return fmt.Errorf("warm layer %s: %w", task, err)
+		}
+	} else if table, err = n.warmPipelined(ctx, task); err != nil {
+		n.registry.Abandon(task)
 		return fmt.Errorf("warm layer %s: %w", task, err)
 	}
 	n.registry.Complete(task, table, nil)
-	if enc, err := l.Index.Marshal(); err == nil {
-		n.registry.SetIndex(task, enc)
-	}
 	d := time.Since(start)
 	log.G(ctx).WithFields(log.Fields{"task": task, "bytes": table.Size, "duration": d,
 		"MBps": int(float64(table.Size) / 1e6 / max(d.Seconds(), 1e-9))}).Info("warmed layer from peers")
-	if n.sched != nil {
-		if err := n.sched.Holding(ctx, task, l.Index.Blocks.Size); err != nil {
-			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell the scheduler this node holds a layer")
+	if x, err := n.indexFromParents(ctx, task, reg.Parents); err == nil && slices.Equal(x.Blocks.Digests, table.Digests) {
+		if enc, err := x.Marshal(); err == nil {
+			n.registry.SetIndex(task, enc)
 		}
+	} else if err == nil {
+		log.G(ctx).WithField("task", task).Warn("a parent's layer index does not match the verified layer; not serving it")
+	}
+	if err := n.sched.Holding(ctx, task, table.Size); err != nil {
+		log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell the scheduler this node holds a layer")
 	}
 	return nil
+}
+
+// warmPipelined fetches task front to back while its size is not known yet, a window of
+// blocks ahead, each checked against the digest its producer published; the stream ends at a
+// short block or where the producer says. It checks the whole against the task's digest and
+// returns its block table.
+func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.BlockTable, error) {
+	bs := int64(n.cache.BlockSize())
+	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: -1, BlockSize: bs}, n.sched,
+		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
+	if err != nil {
+		return layer.BlockTable{}, err
+	}
+	n.registry.Expect(task)
+	pctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	slots := make(chan struct{}, n.window)
+	next := 0
+	ahead := func(upTo int) {
+		for next < upTo {
+			if t := f.Total(); t >= 0 && next >= t {
+				return
+			}
+			select {
+			case slots <- struct{}{}:
+			default:
+				return
+			}
+			key := layer.BlockKey{Task: task, Index: next}
+			next++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-slots }()
+				if b, err := n.cache.Get(pctx, key, f); err == nil {
+					b.Release()
+				}
+			}()
+		}
+	}
+	table := layer.BlockTable{BlockSize: bs}
+	hash := digest.Canonical.Digester()
+	for i := 0; ; i++ {
+		if t := f.Total(); t >= 0 && i >= t {
+			break
+		}
+		ahead(i + 1 + n.window)
+		key := layer.BlockKey{Task: task, Index: i}
+		b, err := n.cache.Get(ctx, key, f)
+		if errors.Is(err, fetch.ErrPastEnd) {
+			break
+		}
+		if err != nil {
+			return table, fmt.Errorf("block %d: %w", i, err)
+		}
+		data := b.Bytes()
+		hash.Hash().Write(data)
+		table.Digests = append(table.Digests, layer.DigestBlock(data))
+		table.Size += int64(len(data))
+		short := int64(len(data)) < bs
+		b.Release()
+		if short {
+			break
+		}
+	}
+	if got := hash.Digest(); got != task.Digest() {
+		for i := range table.Digests {
+			n.cache.Remove(layer.BlockKey{Task: task, Index: i})
+		}
+		return table, fmt.Errorf("stream has digest %s, want %s: %w", got, task.Digest(), layer.ErrDigestMismatch)
+	}
+	return table, nil
 }
 
 // SeedLayer makes this node a source of the layer src names: it reads it from its registry

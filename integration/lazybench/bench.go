@@ -42,8 +42,11 @@ type bench struct {
 
 	p2pRevision string // of the daemon, when built from the work tree
 
+	lab *peerLab // p2p-peer's network, when it runs
+
 	gzipImage imageInfo // the image as pushed: gzip layers
 	esgzImage imageInfo // its eStargz copy
+	peerImage imageInfo // the gzip image by the lab registry's address
 }
 
 type imageInfo struct {
@@ -53,6 +56,7 @@ type imageInfo struct {
 
 type layerInfo struct {
 	digest    string
+	diffID    string
 	size      int64
 	mediaType string
 }
@@ -96,6 +100,20 @@ func newBench(ctx context.Context, cfg config) (*bench, error) {
 		}
 	}
 
+	if contains(cfg.contenders, contP2PPeer) {
+		if b.cfg.schedulerBinary == "" {
+			b.cfg.schedulerBinary = filepath.Join(dir, "bin", "p2p-scheduler")
+			progress("building p2p-scheduler")
+			if err := containerdenv.BuildCommand(ctx, "./cmd/p2p-scheduler", b.cfg.schedulerBinary, false); err != nil {
+				return b, err
+			}
+		}
+		// The lab first: its registry host's listener goes to the registry process.
+		if b.lab, err = newPeerLab(ctx, cfg); err != nil {
+			return b, err
+		}
+	}
+
 	nsName := fmt.Sprintf("%s%d", netnsPrefix, os.Getpid())
 	hostIf := fmt.Sprintf("lzb%d", os.Getpid())
 	if b.ns, err = containerdenv.NewNetNS(ctx, nsName, hostIf, cfg.subnet); err != nil {
@@ -104,6 +122,11 @@ func newBench(ctx context.Context, cfg config) (*bench, error) {
 	progress("namespace %s: registry side %s, host side %s (%s)", nsName, b.ns.NSAddr, b.ns.HostAddr, hostIf)
 	if err := b.startRegistry(ctx); err != nil {
 		return b, err
+	}
+	if b.lab != nil {
+		if err := b.lab.start(ctx, b.cfg, dir); err != nil {
+			return b, err
+		}
 	}
 	return b, nil
 }
@@ -150,6 +173,16 @@ func (b *bench) startRegistry(ctx context.Context) error {
 	logPath := filepath.Join(b.dir, "registry.log")
 	// Not tied to ctx: it is stopped in close, after everything that uses it.
 	cmd := b.ns.Command(context.Background(), self, serveRegistryCommand, "-listen", addr.String())
+	if b.lab != nil {
+		// The same registry on a second listener, made in the lab's registry host.
+		f, err := b.lab.listenerFile()
+		if err != nil {
+			return err
+		}
+		defer f.Close() // the process has its own copy
+		cmd.ExtraFiles = []*os.File{f}
+		cmd.Args = append(cmd.Args, "-listen-fd", "3")
+	}
 	if b.registry, err = startProcess("registry", logPath, cmd); err != nil {
 		return err
 	}
@@ -167,6 +200,14 @@ func (b *bench) startRegistry(ctx context.Context) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	progress("registry serving on http://%s inside the namespace", b.regHost)
+	if b.lab != nil {
+		resp, err := http.Get("http://" + b.lab.regAddr + "/v2/")
+		if err != nil {
+			return fmt.Errorf("registry on the lab's listener %s does not answer: %w (log: %s)", b.lab.regAddr, err, logPath)
+		}
+		resp.Body.Close()
+		progress("the same registry serving on http://%s in lab %s", b.lab.regAddr, b.lab.lab.Name)
+	}
 	return nil
 }
 
@@ -196,6 +237,11 @@ func (b *bench) prepareImages(ctx context.Context) error {
 	progress("pushed %s in %s", img.Ref, time.Since(start).Round(time.Millisecond))
 	if b.gzipImage, err = inspectImage(ctx, img.Ref); err != nil {
 		return err
+	}
+	if b.lab != nil {
+		if b.peerImage, err = inspectImage(ctx, b.lab.image(b.gzipImage, b.regHost).ref); err != nil {
+			return fmt.Errorf("the image on the lab's listener: %w", err)
+		}
 	}
 	images := []imageInfo{b.gzipImage}
 	if contains(b.cfg.contenders, contStargz) {
@@ -251,9 +297,17 @@ func inspectImage(ctx context.Context, ref string) (imageInfo, error) {
 	if err != nil {
 		return imageInfo{}, err
 	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return imageInfo{}, err
+	}
+	if len(cf.RootFS.DiffIDs) != len(m.Layers) {
+		return imageInfo{}, fmt.Errorf("%s: %d layers, %d diffIDs", ref, len(m.Layers), len(cf.RootFS.DiffIDs))
+	}
 	info := imageInfo{ref: ref}
-	for _, l := range m.Layers {
-		info.layers = append(info.layers, layerInfo{digest: l.Digest.String(), size: l.Size, mediaType: string(l.MediaType)})
+	for i, l := range m.Layers {
+		info.layers = append(info.layers, layerInfo{digest: l.Digest.String(), diffID: cf.RootFS.DiffIDs[i].String(),
+			size: l.Size, mediaType: string(l.MediaType)})
 	}
 	return info, nil
 }
@@ -304,8 +358,8 @@ func copyDir(src, dst string) error {
 	return errors.Join(errs...)
 }
 
-// close stops the registry and removes the namespace, the daemon roots and the run's
-// directory.
+// close stops the registry, removes the namespace and p2p-peer's lab (with its processes),
+// the daemon roots and the run's directory.
 func (b *bench) close() error {
 	var errs []error
 	if b.registry != nil {
@@ -315,6 +369,11 @@ func (b *bench) close() error {
 	}
 	if b.ns != nil {
 		if err := b.ns.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if b.lab != nil {
+		if err := b.lab.close(); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -1,9 +1,10 @@
 // Command lazybench measures `nerdctl pull` + `nerdctl run` of one image from a registry behind
 // a slow link, side by side in one run: containerd's overlayfs, our p2p snapshotter (cold, and
-// twice warm: with the daemon root of the cold run, and with only its seeded layers), and
-// stargz-snapshotter on an eStargz copy of the image.
+// twice warm: with the daemon root of the cold run, and with only its seeded layers; and as a
+// fresh node whose layers a seed on another host holds), and stargz-snapshotter on an eStargz
+// copy of the image.
 //
-//	go run ./integration/lazybench [-runs 3] [-rate 100mbit] [-size 200]
+//	go run ./integration/lazybench [-runs 3] [-rate 100mbit] [-size 200] [-contenders overlayfs,p2p,p2p-peer,stargz]
 //
 // It needs root. The registry (go-containerregistry's, in memory; this program run again as
 // `lazybench serve-registry`) runs in a network namespace of its own, joined to the host by a
@@ -23,6 +24,18 @@
 //   - p2p-seed: a new root holding only the cold run's seeded layers (layers/: stream and
 //     index of each). The mirror learns the layers again from the pull, and each Prepare
 //     mounts its layer from disk: the mount-only cost of a node that holds the layer.
+//
+// p2p-peer is the P2P network's case: a fresh node (new containerd, new daemon root, nothing
+// on disk) whose layers a seed on another host has already read from the registry. It runs
+// in a netlab lab (-lab, -lab-subnet; peer.go): a registry host, capped at -rate each way,
+// where the same registry process serves the same contents on a second listener; a host
+// running p2p-scheduler, uncapped; and a seed host, capped at -peer-rate each way, running a
+// p2p-snapshotter with [p2p] seed = true, warmed once before the first measurement through
+// its control socket (Warm of each of the image's layers). The measured node is the usual
+// environment in the root namespace, the lab's driver (its link to the lab is not capped),
+// with [p2p] address on the driver's lab address and the lab's scheduler; it pulls the
+// image by the lab registry's address. Besides the registry's bytes, the table shows what
+// the seed host sent and what the node's link received during pull and run.
 //
 // The contenders run interleaved, -runs times each; the table shows medians. Everything it creates (namespace, veths, processes, mounts,
 // directories) is removed at the end, on error and on SIGINT/SIGTERM.
@@ -51,24 +64,31 @@ const (
 	contP2P     = "p2p"
 	contP2PWarm = "p2p-warm"
 	contP2PSeed = "p2p-seed"
+	contP2PPeer = "p2p-peer"
 	contStargz  = "stargz"
 )
 
-var allContenders = []string{contOverlay, contP2P, contP2PWarm, contP2PSeed, contStargz}
+var allContenders = []string{contOverlay, contP2P, contP2PWarm, contP2PSeed, contP2PPeer, contStargz}
 
 type config struct {
-	runs          int
-	rate          string
-	sizeMB        int
-	subnet        netip.Prefix
-	contenders    []string
-	dropCaches    bool
-	p2pBinary     string
-	stargzBinary  string
-	logLevel      string
-	workBase      string
-	stargzBGFetch bool
-	keepLogs      string
+	runs            int
+	rate            string
+	sizeMB          int
+	subnet          netip.Prefix
+	contenders      []string
+	dropCaches      bool
+	p2pBinary       string
+	schedulerBinary string
+	stargzBinary    string
+	logLevel        string
+	workBase        string
+	stargzBGFetch   bool
+	keepLogs        string
+
+	// The lab of p2p-peer.
+	labName   string
+	labSubnet netip.Prefix
+	peerRate  string
 }
 
 func main() {
@@ -80,7 +100,7 @@ func main() {
 		return
 	}
 	var cfg config
-	var subnet, contenders string
+	var subnet, labSubnet, contenders string
 	flag.IntVar(&cfg.runs, "runs", 3, "measurements of each contender; the table shows medians")
 	flag.StringVar(&cfg.rate, "rate", "100mbit", "rate of the registry's link, each direction (tc syntax)")
 	flag.IntVar(&cfg.sizeMB, "size", 200, "size of the big file in the image, in MB (10^6 bytes)")
@@ -88,14 +108,27 @@ func main() {
 	flag.StringVar(&contenders, "contenders", strings.Join(allContenders, ","), "contenders to run, of "+strings.Join(allContenders, ","))
 	flag.BoolVar(&cfg.dropCaches, "drop-caches", true, "drop the page cache before each measurement")
 	flag.StringVar(&cfg.p2pBinary, "snapshotter-binary", os.Getenv("P2P_SNAPSHOTTER_BINARY"), "p2p-snapshotter binary (default: build ./cmd/p2p-snapshotter)")
+	flag.StringVar(&cfg.schedulerBinary, "scheduler-binary", "", "p2p-scheduler binary, for p2p-peer (default: build ./cmd/p2p-scheduler)")
 	flag.StringVar(&cfg.stargzBinary, "stargzd-binary", "", "stargzd binary (default: build ./integration/stargzd)")
 	flag.StringVar(&cfg.logLevel, "log-level", "info", "log level of containerd and the snapshotter daemons")
 	flag.StringVar(&cfg.workBase, "dir", "/var/tmp/lazybench", "directory for the run's files (on a disk filesystem)")
 	flag.BoolVar(&cfg.stargzBGFetch, "stargz-background-fetch", false, "let stargz fetch whole layers in the background (its default); off: no_background_fetch = true")
 	flag.StringVar(&cfg.keepLogs, "keep-logs", "", "copy every environment's logs into this directory")
+	flag.StringVar(&cfg.labName, "lab", "lzb", "p2p-peer: netlab lab name (at most 6 of [a-z0-9]); what an earlier run of it left is removed first")
+	flag.StringVar(&labSubnet, "lab-subnet", "10.213.40.0/24", "p2p-peer: private IPv4 subnet of the lab; must be unused here")
+	flag.StringVar(&cfg.peerRate, "peer-rate", "1gbit", "p2p-peer: rate of the seed host's link, each direction (tc syntax; 0: not capped)")
 	flag.Parse()
 	var err error
 	if cfg.subnet, err = netip.ParsePrefix(subnet); err != nil {
+		fatal(err)
+	}
+	if cfg.labSubnet, err = netip.ParsePrefix(labSubnet); err != nil {
+		fatal(err)
+	}
+	if r, err := parseRate(cfg.rate); err != nil || r == 0 {
+		fatal(fmt.Errorf("-rate %q: want a rate as tc takes it (100mbit): %v", cfg.rate, err))
+	}
+	if _, err := parseRate(cfg.peerRate); err != nil {
 		fatal(err)
 	}
 	picked := map[string]bool{}
@@ -175,6 +208,14 @@ func run(ctx context.Context, cfg config) (err error) {
 		return err
 	}
 	progress("registry link limited to %s each way (tbf on both veth ends)", cfg.rate)
+	if b.lab != nil {
+		if err := b.lab.warm(ctx, b.peerImage); err != nil {
+			return err
+		}
+		if _, _, _, err := b.regLog.servedSince(); err != nil { // the seed's pass is no measurement's
+			return err
+		}
+	}
 	results := map[string][]result{}
 	for rep := 1; rep <= cfg.runs; rep++ {
 		for _, c := range cfg.contenders {
@@ -185,8 +226,8 @@ func run(ctx context.Context, cfg config) (err error) {
 			if err != nil {
 				return err
 			}
-			progress("%s run %d: pull %.2f s, run %.2f s, total %.2f s, registry sent %s in %d requests (%s on the wire)",
-				c, rep, r.pull.Seconds(), r.run.Seconds(), r.total().Seconds(), mb(r.regBytes), r.regRequests, mb(int64(r.wireBytes)))
+			progress("%s run %d: pull %.2f s, run %.2f s, total %.2f s, registry sent %s in %d requests, node received %s on the wire%s",
+				c, rep, r.pull.Seconds(), r.run.Seconds(), r.total().Seconds(), mb(r.regBytes), r.regRequests, mb(int64(r.wireBytes)), r.peerText())
 			results[c] = append(results[c], r)
 		}
 	}

@@ -18,13 +18,32 @@ type result struct {
 	pull, run   time.Duration
 	regBytes    int64 // response bytes the registry sent during pull and run
 	regRequests int
-	wireBytes   uint64 // bytes the host's veth end received in that time, headers included
+	// wireBytes is what the node's link received in that time, headers included: the host's
+	// veth end to the registry's namespace, or for p2p-peer the driver's link to the lab
+	// (registry, seed and scheduler).
+	wireBytes uint64
+	// p2p-peer only: the bytes the seed host's link sent during pull and run, headers
+	// included, and in the settle time after the run (a background fetch would show there).
+	peer                bool
+	seedSent, seedAfter uint64
 	// blobsFetched counts the image's layer blobs in containerd's content store after the
 	// run: the layers containerd downloaded itself instead of leaving them to the snapshotter.
 	blobsFetched, layers int
 }
 
 func (r result) total() time.Duration { return r.pull + r.run }
+
+// settleTime is how long p2p-peer watches the seed's link after the run, before the node
+// stops.
+const settleTime = 3 * time.Second
+
+// peerText is the seed's part of a progress line.
+func (r result) peerText() string {
+	if !r.peer {
+		return ""
+	}
+	return fmt.Sprintf(", seed host sent %s (and %s in the %s after the run)", mb(int64(r.seedSent)), mb(int64(r.seedAfter)), settleTime)
+}
 
 // measure runs one contender once: a new containerd (and daemon), then
 // `nerdctl --snapshotter=X pull IMAGE` and `nerdctl --snapshotter=X run --rm --net none IMAGE
@@ -38,39 +57,35 @@ func (b *bench) measure(ctx context.Context, contender string, rep int) (result,
 	var res result
 	err := runStep(ctx, fmt.Sprintf("%s-%d", contender, rep), os.Stderr, func(t *step) {
 		opts := containerdenv.Options{SnapshotterBinary: b.cfg.p2pBinary, LogLevel: b.cfg.logLevel}
-		snapshotter, image := "overlayfs", b.gzipImage
+		snapshotter, image, regHost := "overlayfs", b.gzipImage, b.regHost
 		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+b.regHost, "http://"+b.regHost)
 		switch contender {
-		case contP2P, contP2PWarm, contP2PSeed:
+		case contP2P, contP2PWarm, contP2PSeed, contP2PPeer:
 			snapshotter = "p2p"
-			root := b.p2pRoot(t, contender, rep)
+			var root string
+			if contender == contP2PPeer {
+				image, regHost = b.peerImage, b.lab.regAddr
+				// A new node: a new root, removed after the run, and a host id of its own.
+				root = filepath.Join(b.dir, fmt.Sprintf("p2p-peer-root-%d", rep))
+				t.Cleanup(func() {
+					if err := removeTree(root); err != nil {
+						t.Error(err)
+					}
+				})
+				var err error
+				if opts.SnapshotterConfig, err = b.lab.nodeConfig(fmt.Sprintf("node%d", rep)); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				root = b.p2pRoot(t, contender, rep)
+			}
 			mirror, err := freeAddress()
 			if err != nil {
 				t.Fatal(err)
 			}
-			opts.SnapshotterArgs = []string{"--root", root, "--mirror-address", mirror, "--insecure-registry", b.regHost}
-			hosts = fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+b.regHost, "http://"+mirror)
-			// The daemon's root is outside the environment's directory, so the
-			// environment's teardown neither stops its FUSE manager (a process that
-			// outlives the daemon by design) nor unmounts its layers: do both, so that the
-			// next run starts from the layers on disk only.
-			t.Cleanup(func() {
-				if pids := stopProcessesMentioning(root + "/"); len(pids) > 0 {
-					t.Logf("stopped the daemon's FUSE manager (pids %v)", pids)
-				}
-				if b.cfg.keepLogs != "" {
-					dst := filepath.Join(b.cfg.keepLogs, sanitize(t.Name()))
-					if data, err := os.ReadFile(filepath.Join(root, "fuse-manager.log")); err == nil {
-						os.MkdirAll(dst, 0o755)
-						os.WriteFile(filepath.Join(dst, "fuse-manager.log"), data, 0o644)
-					}
-				}
-				if left, err := containerdenv.UnmountAll(root); err != nil {
-					t.Errorf("unmount under %s: %v", root, err)
-				} else if len(left) > 0 {
-					t.Logf("unmounted %d mounts the daemon left under its root", len(left))
-				}
-			})
+			opts.SnapshotterArgs = []string{"--root", root, "--mirror-address", mirror, "--insecure-registry", regHost}
+			hosts = fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+regHost, "http://"+mirror)
+			b.stopDataPlaneAtCleanup(t, root)
 		case contStargz:
 			snapshotter, image = "stargz", b.esgzImage
 			sock := b.startStargz(t, rep)
@@ -79,16 +94,26 @@ func (b *bench) measure(ctx context.Context, contender string, rep int) (result,
 		}
 		env := containerdenv.New(t, opts)
 		b.keepLogsOf(t, env)
-		if err := env.SetHostsTOML(b.regHost, hosts); err != nil {
+		if err := env.SetHostsTOML(regHost, hosts); err != nil {
 			t.Fatal(err)
 		}
 		if _, _, _, err := b.regLog.servedSince(); err != nil { // skip what came before
 			t.Fatal(err)
 		}
-		rx0, _, err := b.ns.HostIfBytes()
-		if err != nil {
-			t.Fatal(err)
+		res.peer = contender == contP2PPeer
+		received := func() (nodeRx, seedTx uint64) {
+			var err error
+			if res.peer {
+				seedTx, nodeRx, err = b.lab.counters(t.Context())
+			} else {
+				nodeRx, _, err = b.ns.HostIfBytes()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			return nodeRx, seedTx
 		}
+		rx0, seed0 := received()
 
 		start := time.Now()
 		b.nerdctl(t, env, "--snapshotter="+snapshotter, "pull", "--quiet", image.ref)
@@ -99,19 +124,26 @@ func (b *bench) measure(ctx context.Context, contender string, rep int) (result,
 			t.Fatalf("the container printed %q; want %q", out, smallFile)
 		}
 		res.pull, res.run = pulled.Sub(start), ran.Sub(pulled)
+		rx1, seed1 := received()
+		res.wireBytes, res.seedSent = rx1-rx0, seed1-seed0
 
-		var lines []string
-		if res.regBytes, res.regRequests, lines, err = b.regLog.servedSince(); err != nil {
-			t.Fatal(err)
-		}
-		for _, l := range lines {
-			t.Logf("registry %s", l)
-		}
-		rx1, _, err := b.ns.HostIfBytes()
+		regBytes, regRequests, lines, err := b.regLog.servedSince()
 		if err != nil {
 			t.Fatal(err)
 		}
-		res.wireBytes = rx1 - rx0
+		res.regBytes, res.regRequests = regBytes, regRequests
+		for _, l := range lines {
+			t.Logf("registry %s", l)
+		}
+		if res.peer {
+			select {
+			case <-time.After(settleTime):
+			case <-t.Context().Done():
+				t.Fatal(t.Context().Err())
+			}
+			_, seed2 := received()
+			res.seedAfter = seed2 - seed1
+		}
 		content := env.Ctr(t, "content", "ls", "-q")
 		res.layers = len(image.layers)
 		for _, l := range image.layers {
@@ -121,6 +153,32 @@ func (b *bench) measure(ctx context.Context, contender string, rep int) (result,
 		}
 	})
 	return res, err
+}
+
+// stopDataPlaneAtCleanup stops, at the end of the step, the FUSE manager of the daemon whose
+// root is root, and unmounts what it left there. The daemon's root is outside the
+// environment's directory, so the environment's teardown neither stops its FUSE manager (a
+// process that outlives the daemon by design) nor unmounts its layers: without this the next
+// run would not start from the layers on disk only. Registered before the environment, it
+// runs after the environment's teardown.
+func (b *bench) stopDataPlaneAtCleanup(t *step, root string) {
+	t.Cleanup(func() {
+		if pids := stopProcessesMentioning(root + "/"); len(pids) > 0 {
+			t.Logf("stopped the daemon's FUSE manager (pids %v)", pids)
+		}
+		if b.cfg.keepLogs != "" {
+			dst := filepath.Join(b.cfg.keepLogs, sanitize(t.Name()))
+			if data, err := os.ReadFile(filepath.Join(root, "fuse-manager.log")); err == nil {
+				os.MkdirAll(dst, 0o755)
+				os.WriteFile(filepath.Join(dst, "fuse-manager.log"), data, 0o644)
+			}
+		}
+		if left, err := containerdenv.UnmountAll(root); err != nil {
+			t.Errorf("unmount under %s: %v", root, err)
+		} else if len(left) > 0 {
+			t.Logf("unmounted %d mounts the daemon left under its root", len(left))
+		}
+	})
 }
 
 // nerdctl runs nerdctl under the run's context and returns its stdout.

@@ -25,24 +25,45 @@ import (
 // registry, inside the registry's network namespace.
 const serveRegistryCommand = "serve-registry"
 
-// serveRegistry is lazybench serve-registry -listen ADDR: go-containerregistry's registry
-// with blobs in memory, logging one "served" line per request to stdout with the bytes of
-// the response body, which the benchmark adds up per contender.
+// serveRegistry is lazybench serve-registry -listen ADDR [-listen-fd N]: go-containerregistry's
+// registry with blobs in memory, logging one "served" line per request to stdout with the
+// bytes of the response body, which the benchmark adds up per contender. -listen-fd serves the
+// same registry on a listening socket inherited as descriptor N as well: one made in another
+// network namespace (p2p-peer's lab), so that both networks see the same contents and every
+// byte sent is in the one log.
 func serveRegistry(args []string) error {
 	fs := flag.NewFlagSet(serveRegistryCommand, flag.ContinueOnError)
 	listen := fs.String("listen", "", "address to listen on")
+	listenFD := fs.Int("listen-fd", 0, "also serve on this inherited listening socket (0: none)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	lns := make([]net.Listener, 0, 2)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
+	lns = append(lns, ln)
+	if *listenFD > 0 {
+		f := os.NewFile(uintptr(*listenFD), "inherited listener")
+		ln, err := net.FileListener(f)
+		f.Close() // FileListener has its own copy
+		if err != nil {
+			return fmt.Errorf("listener %d: %w", *listenFD, err)
+		}
+		lns = append(lns, ln)
+	}
 	out := bufio.NewWriter(os.Stdout)
 	srv := &http.Server{ReadHeaderTimeout: 30 * time.Second, Handler: registryHandler(out)}
-	fmt.Fprintf(out, "listening %s\n", ln.Addr())
+	for _, ln := range lns {
+		fmt.Fprintf(out, "listening %s\n", ln.Addr())
+	}
 	out.Flush()
-	return srv.Serve(ln)
+	errs := make(chan error, len(lns))
+	for _, ln := range lns {
+		go func() { errs <- srv.Serve(ln) }()
+	}
+	return <-errs
 }
 
 // registryHandler is the registry, writing a "served" line per request to out:

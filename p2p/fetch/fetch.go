@@ -48,14 +48,18 @@ type Reporter interface {
 	BlockFailed(task layer.TaskID, index int, parentID string, reason Reason, err error)
 }
 
-// Landing is told of each verified block before the cache commits it (tasks.Registry).
+// Landing is told of each verified block before the cache commits it, and of the digests
+// learnt from producers, to pass them on (tasks.Registry).
 type Landing interface {
 	Landed(task layer.TaskID, index int)
+	LearnDigests(task layer.TaskID, from int, ds []layer.BlockDigest, total int)
 }
 
 // Task is what a Fetcher fetches.
 type Task struct {
-	ID        layer.TaskID
+	ID layer.TaskID
+	// Size is the stream's length, or -1 while no one knows it: a seed's pass still running
+	// (the digests then say where the stream ends; see Total).
 	Size      int64
 	BlockSize int64
 	// Digests, if known (this node's complete record), verify blocks without asking.
@@ -76,6 +80,8 @@ const (
 	initialRate = 50 << 20
 	// maxAttempts bounds the requests for one block.
 	maxAttempts = 64
+	// noParentTimeout bounds how long a block waits for any parent to be usable.
+	noParentTimeout = time.Minute
 )
 
 // ErrNoParent means no parent could deliver a block.
@@ -95,7 +101,7 @@ type Fetcher struct {
 	rng     *rand.Rand
 	known   map[string]*parentState
 	digests []layer.BlockDigest // verified digests known, a prefix of the table
-	total   int                 // blocks in the task
+	total   int                 // blocks in the task; -1 while unknown
 	tableMu sync.Mutex          // one digest request at a time
 }
 
@@ -106,7 +112,9 @@ type parentState struct {
 	inflight  int
 	bad       bool      // sent a corrupt block: never again for this task
 	until     time.Time // set aside until then
-	unreached bool      // set aside because it could not be reached or stalled
+	unreached bool      // set aside because it could not be reached, stalled, or lacked a block
+
+	noDigestsUntil time.Time // it had no digests to give; not asked for them until then
 }
 
 // Option configures a Fetcher.
@@ -127,7 +135,10 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 		return nil, fmt.Errorf("fetcher: %w", err)
 	}
 	total := layer.BlockCount(task.Size, task.BlockSize)
-	if task.Size < 0 || task.BlockSize < layer.MinBlockSize || task.BlockSize > layer.MaxBlockSize {
+	if task.Size < 0 {
+		total = -1
+	}
+	if task.Size < -1 || task.BlockSize < layer.MinBlockSize || task.BlockSize > layer.MaxBlockSize {
 		return nil, fmt.Errorf("fetcher %s: size %d in blocks of %d", task.ID, task.Size, task.BlockSize)
 	}
 	if task.Digests != nil && len(task.Digests) != total {
@@ -144,18 +155,32 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 	return f, nil
 }
 
+// ErrPastEnd is returned for a block past the end of the stream.
+var ErrPastEnd = errors.New("block past the end of the stream")
+
+// Total returns the number of blocks in the task, or -1 while it is not known.
+func (f *Fetcher) Total() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.total
+}
+
 // FillBlock implements blockcache.Filler.
 func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte) (int, error) {
-	if key.Task != f.task.ID || key.Index < 0 || key.Index >= f.total {
-		return 0, fmt.Errorf("fetch %s: not a block of %s (%d blocks)", key, f.task.ID, f.total)
-	}
-	want := min(f.task.BlockSize, f.task.Size-int64(key.Index)*f.task.BlockSize)
-	if int64(len(buf)) < want {
-		return 0, fmt.Errorf("fetch %s: buffer of %d bytes for a %d-byte block", key, len(buf), want)
+	if total := f.Total(); key.Task != f.task.ID || key.Index < 0 || total >= 0 && key.Index >= total {
+		return 0, fmt.Errorf("fetch %s: not a block of %s (%d blocks): %w", key, f.task.ID, total, ErrPastEnd)
 	}
 	digest, err := f.digest(ctx, key.Index)
 	if err != nil {
 		return 0, fmt.Errorf("fetch %s: %w", key, err)
+	}
+	// With the size unknown, a block is at most a whole block; its digest checks its length.
+	want := f.task.BlockSize
+	if f.task.Size >= 0 {
+		want = min(f.task.BlockSize, f.task.Size-int64(key.Index)*f.task.BlockSize)
+	}
+	if int64(len(buf)) < want {
+		return 0, fmt.Errorf("fetch %s: buffer of %d bytes for a %d-byte block", key, len(buf), want)
 	}
 	var lastErr error
 	for attempt := 0; attempt < maxAttempts; attempt++ {
@@ -199,7 +224,11 @@ func (f *Fetcher) fetchFrom(ctx context.Context, p *parentState, i int, buf []by
 	p.freeSlots = st.FreeSlots
 	f.mu.Unlock()
 
-	reason := f.record(ctx, p, n, len(buf), took, &err)
+	want := len(buf)
+	if f.task.Size < 0 {
+		want = n // checked by the digest
+	}
+	reason := f.record(ctx, p, n, want, took, &err)
 	if reason != 0 {
 		f.report(i, p, reason, err)
 		return 0, err
@@ -231,7 +260,8 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 		p.until, p.unreached = now.Add(busyBackoff), false
 		return ReasonBusy
 	case errors.Is(*err, peer.ErrNotFound):
-		p.until, p.unreached = now.Add(cooldown), false
+		// It does not hold the block (evicted, or never had it): ask the scheduler for others.
+		p.until, p.unreached = now.Add(cooldown), true
 		return ReasonNotFound
 	case ctx.Err() == nil && errors.Is(*err, context.DeadlineExceeded):
 		p.until, p.unreached = now.Add(cooldown), true
@@ -258,9 +288,12 @@ func (f *Fetcher) markBad(p *parentState) {
 }
 
 // choose picks a parent for one request by weighted random, asking the ParentSource for
-// more when none is usable, and waiting for one set aside when that is all there is.
+// more when none is usable, and waiting when there is none (the scheduler may be finding the
+// task a new source) or only parents set aside, for up to noParentTimeout.
 func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
 	refreshed := false
+	backoff := 50 * time.Millisecond
+	var giveUp time.Time
 	for {
 		f.mu.Lock()
 		p, next := f.pickLocked()
@@ -277,10 +310,18 @@ func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
 			}
 			continue
 		}
-		if next.IsZero() {
+		now := f.now()
+		if giveUp.IsZero() {
+			giveUp = now.Add(noParentTimeout)
+		} else if now.After(giveUp) {
 			return nil, ErrNoParent
 		}
-		t := time.NewTimer(max(next.Sub(f.now()), time.Millisecond))
+		wait := backoff
+		if !next.IsZero() {
+			wait = min(wait, max(next.Sub(now), time.Millisecond))
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		t := time.NewTimer(wait)
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -332,8 +373,9 @@ func (f *Fetcher) pickLocked() (*parentState, time.Time) {
 	return cands[len(cands)-1], time.Time{}
 }
 
-// refresh asks the ParentSource for candidates, excluding bad parents and those that could
-// not be reached lately (the scheduler may not know yet that they died).
+// refresh asks the ParentSource for candidates, excluding bad parents and those set aside
+// lately for failing to deliver (the scheduler may not know yet that they died, or that
+// they evicted what they held).
 func (f *Fetcher) refresh(ctx context.Context) error {
 	f.mu.Lock()
 	var exclude []string
@@ -372,6 +414,10 @@ func (f *Fetcher) digest(ctx context.Context, i int) (layer.BlockDigest, error) 
 			f.mu.Unlock()
 			return d, nil
 		}
+		if f.total >= 0 && i >= f.total {
+			f.mu.Unlock()
+			return layer.BlockDigest{}, fmt.Errorf("block %d of %d: %w", i, f.total, ErrPastEnd)
+		}
 		f.mu.Unlock()
 		if err := f.moreDigests(ctx); err != nil {
 			return layer.BlockDigest{}, err
@@ -386,15 +432,15 @@ func (f *Fetcher) moreDigests(ctx context.Context) error {
 	var lastErr error
 	for range maxAttempts {
 		f.mu.Lock()
-		from := len(f.digests)
+		from, total := len(f.digests), f.total
 		var vouchers []*parentState
 		for _, p := range f.known {
-			if p.Vouches && !p.bad && !f.now().Before(p.until) {
+			if p.Vouches && !p.bad && !f.now().Before(p.until) && !f.now().Before(p.noDigestsUntil) {
 				vouchers = append(vouchers, p)
 			}
 		}
 		f.mu.Unlock()
-		if from >= f.total {
+		if total >= 0 && from >= total {
 			return nil // another caller got them meanwhile
 		}
 		if len(vouchers) == 0 {
@@ -427,26 +473,47 @@ func (f *Fetcher) moreDigests(ctx context.Context) error {
 		}
 		lastErr = err
 		f.mu.Lock()
-		p.until = f.now().Add(cooldown)
+		if errors.Is(err, peer.ErrNotFound) {
+			// It has no digests to give (it is receiving the task too), but may serve blocks.
+			p.noDigestsUntil = f.now().Add(time.Second)
+		} else {
+			p.until = f.now().Add(cooldown)
+		}
 		f.mu.Unlock()
+		if len(vouchers) == 1 {
+			// The only one asked: wait a little before asking again.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
 	}
 	return fmt.Errorf("digests of %s: %w", f.task.ID, lastErr)
 }
 
 func (f *Fetcher) acceptDigests(part wire.TablePart, from int) error {
-	if part.Total != 0 && part.Total != f.total {
-		return fmt.Errorf("parent says %s has %d blocks, want %d", f.task.ID, part.Total, f.total)
-	}
-	if from+len(part.Digests) > f.total {
-		return fmt.Errorf("parent sent %d digests from %d of %d blocks", len(part.Digests), from, f.total)
-	}
-	if len(part.Digests) == 0 {
-		return fmt.Errorf("parent sent no digests from %d", from)
-	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	total := f.total
+	if part.Complete && part.Total > 0 && total < 0 {
+		total = part.Total // the stream's end is known now
+	}
+	if part.Total != 0 && total >= 0 && part.Total != total {
+		return fmt.Errorf("parent says %s has %d blocks, want %d", f.task.ID, part.Total, total)
+	}
+	if total >= 0 && from+len(part.Digests) > total {
+		return fmt.Errorf("parent sent %d digests from %d of %d blocks", len(part.Digests), from, total)
+	}
+	if len(part.Digests) == 0 && !(part.Complete && total >= 0 && from >= total) {
+		return fmt.Errorf("parent sent no digests from %d", from)
+	}
+	f.total = total
 	if len(f.digests) == from {
 		f.digests = append(f.digests, part.Digests...)
+		if f.landing != nil {
+			f.landing.LearnDigests(f.task.ID, from, part.Digests, total)
+		}
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ type Registry struct {
 type task struct {
 	receiving bool   // blocks not held yet may still land
 	producer  bool   // this node's seed pass produces the task's digests
+	relaying  bool   // this node passes on digests it got from a producer
 	held      []bool // by block index; grows as blocks land
 	digests   []layer.BlockDigest
 	complete  bool              // digests is the whole, verified table
@@ -155,6 +156,24 @@ func (r *Registry) Complete(id layer.TaskID, table layer.BlockTable, refill bloc
 		for i := range t.held {
 			t.held[i] = true
 		}
+	}
+	t.signal()
+}
+
+// LearnDigests records digests of id's blocks from index from on, as a producer published
+// them, so that this node passes them on to its own children while the producer's pass
+// runs; total, if positive, is the task's block count, now known.
+func (r *Registry) LearnDigests(id layer.TaskID, from int, ds []layer.BlockDigest, total int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	if t.complete || t.fullTable || t.producer || from != len(t.digests) {
+		return
+	}
+	t.digests = append(t.digests, ds...)
+	t.relaying = true
+	if total > 0 && len(t.digests) == total {
+		t.fullTable = true
 	}
 	t.signal()
 }
@@ -306,7 +325,7 @@ func (r *Registry) Table(ctx context.Context, id layer.TaskID, from int) (wire.T
 			r.mu.Unlock()
 			return part, nil
 		}
-		if !t.producer {
+		if !t.producer && !t.relaying {
 			r.mu.Unlock()
 			return wire.TablePart{}, fmt.Errorf("digests of %s: this node has neither the index nor a pass producing it: %w", id, peer.ErrNotHeld)
 		}

@@ -142,13 +142,24 @@ func (c *Client) call(ctx context.Context, op string, body mountRequest) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("FUSE manager %s %s: %w", op, body.Dir, err)
+		return fmt.Errorf("FUSE manager %s: %w", what(op, body), err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNoContent {
 		return nil
 	}
-	return fmt.Errorf("FUSE manager %s %s: %s", op, body.Dir, responseError(resp))
+	return fmt.Errorf("FUSE manager %s: %s", what(op, body), responseError(resp))
+}
+
+// what names a request in errors: the operation and its directory or layer.
+func what(op string, body mountRequest) string {
+	switch {
+	case body.Dir != "":
+		return op + " " + body.Dir
+	case body.Source != nil:
+		return op + " layer " + body.Source.DiffID.String()
+	}
+	return op
 }
 
 // responseError is the error a manager's response carries.
