@@ -104,7 +104,31 @@ func (s *Scheduler) choose(p *peer, k int, excluded []string) []scored {
 			}
 		}
 	}
+	if len(best) == 0 {
+		best = s.lastResort(p, k, excluded)
+	}
 	return best
+}
+
+// lastResort returns, when the filter left no parent, the providers (sources and complete
+// peers) it ruled out only for being slow, failing or short of slots: a peer must never be
+// left with no parent while the task has a provider that is not corrupt, or it would wait
+// for nothing. Excluded, corrupt, self and descendants stay out. The caller holds s.mu and
+// has marked p's descendants.
+func (s *Scheduler) lastResort(p *peer, k int, excluded []string) []scored {
+	var out []scored
+	for _, c := range p.task.peers {
+		if !c.provider() || len(out) >= k {
+			continue
+		}
+		cand := s.candidate(p, c)
+		cand.Excluded = len(excluded) > 0 && slices.Contains(excluded, c.id)
+		if cand.Self || cand.Excluded || cand.Descendant || cand.Corrupt {
+			continue
+		}
+		out = append(out, scored{c, s.eval.Score(p.host.sel, &cand)})
+	}
+	return out
 }
 
 // candidate describes c as a parent of p for the filter and the evaluator. In a DAG, p's
