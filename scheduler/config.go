@@ -24,6 +24,7 @@ const (
 //
 //	version = 1
 //	address = "0.0.0.0:65003"
+//	metrics_address = ""  # host:port of /metrics; empty: no metrics server
 //	log_level = "info"
 //
 //	[selection]
@@ -56,6 +57,9 @@ type Config struct {
 	Version int `toml:"version"`
 	// Address is the host:port the gRPC service listens on.
 	Address string `toml:"address"`
+	// MetricsAddress is the host:port of the HTTP server exposing Prometheus metrics at
+	// /metrics; empty (the default) runs none.
+	MetricsAddress string `toml:"metrics_address"`
 	// LogLevel is one of trace, debug, info, warn, error.
 	LogLevel  string          `toml:"log_level"`
 	Selection SelectionConfig `toml:"selection"`
@@ -156,6 +160,11 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Address); err != nil {
 		errs = append(errs, fmt.Errorf("address = %q: %w", c.Address, err))
+	}
+	if c.MetricsAddress != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddress); err != nil {
+			errs = append(errs, fmt.Errorf("metrics_address = %q: %w", c.MetricsAddress, err))
+		}
 	}
 	switch c.LogLevel {
 	case "trace", "debug", "info", "warn", "warning", "error", "fatal", "panic":

@@ -16,7 +16,7 @@ func TestLoadConfig(t *testing.T) {
 		wantErr string
 	}{
 		{name: "empty file: defaults", toml: "", check: func(t *testing.T, c Config) {
-			if c.Address != DefaultAddress || c.Topology.Mode != ModeDAG || c.Selection.Candidates != 3 ||
+			if c.Address != DefaultAddress || c.MetricsAddress != "" || c.Topology.Mode != ModeDAG || c.Selection.Candidates != 3 ||
 				c.Selection.Weights.Bandwidth != 0.3 || time.Duration(c.Keepalive.Interval) != 5*time.Second || c.Seed.MaxBackToSource != 1 {
 				t.Fatalf("got %+v; want the defaults", c)
 			}
@@ -24,6 +24,7 @@ func TestLoadConfig(t *testing.T) {
 		{name: "every key", toml: `
 version = 1
 address = "127.0.0.1:7000"
+metrics_address = "127.0.0.1:9103"
 log_level = "debug"
 [selection]
 candidates = 4
@@ -48,7 +49,7 @@ max_back_to_source = 2
 interval = "2s"
 misses = 4
 `, check: func(t *testing.T, c Config) {
-			if c.Address != "127.0.0.1:7000" || c.LogLevel != "debug" || c.Selection.Candidates != 4 || c.Selection.SampleSize != 20 ||
+			if c.Address != "127.0.0.1:7000" || c.MetricsAddress != "127.0.0.1:9103" || c.LogLevel != "debug" || c.Selection.Candidates != 4 || c.Selection.SampleSize != 20 ||
 				c.Selection.ChildLimit != 6 || c.Selection.MaxFailures != 5 || c.Selection.Weights.Bandwidth != 0.5 ||
 				c.Topology.Mode != ModeTree || c.Topology.FanOut != 3 || len(c.Topology.Tasks) != 1 ||
 				c.Seed.MaxBackToSource != 2 || time.Duration(c.Keepalive.Interval) != 2*time.Second || c.Keepalive.Misses != 4 {
@@ -71,6 +72,7 @@ misses = 4
 		{name: "sample below K", toml: "[selection]\ncandidates = 5\nsample_size = 2\n", wantErr: "sample size"},
 		{name: "bad task id", toml: "[topology.tasks]\n\"md5:00\" = \"tree\"\n", wantErr: "md5:00"},
 		{name: "bad address", toml: "address = \"nowhere\"\n", wantErr: "address"},
+		{name: "bad metrics address", toml: "metrics_address = \"9103\"\n", wantErr: "metrics_address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"slices"
+	"time"
 
 	"github.com/containerd/log"
 
@@ -31,7 +32,27 @@ func (s *Scheduler) parentsFor(p *peer, k int, excluded []string) []scored {
 		delete(t.starving, p)
 		return nil
 	}
-	s.decisions++
+	s.events.decisions++
+	var start time.Time
+	if s.opts.observer != nil {
+		start = time.Now()
+	}
+	out := s.decide(p, k, excluded)
+	if s.opts.observer != nil {
+		s.opts.observer.Observe(time.Since(start).Seconds())
+	}
+	if len(out) == 0 {
+		t.starving[p] = true
+	} else {
+		delete(t.starving, p)
+	}
+	return out
+}
+
+// decide chooses p's parents, a peer that needs some, and records them in a DAG. The caller
+// holds s.mu.
+func (s *Scheduler) decide(p *peer, k int, excluded []string) []scored {
+	t := p.task
 	var out []scored
 	switch t.mode {
 	case ModeTree:
@@ -61,11 +82,6 @@ func (s *Scheduler) parentsFor(p *peer, k int, excluded []string) []scored {
 			log.L.WithError(err).WithFields(log.Fields{"task": t.id, "peer": p.id}).Error("chosen parents refused by the DAG")
 			out = nil
 		}
-	}
-	if len(out) == 0 {
-		t.starving[p] = true
-	} else {
-		delete(t.starving, p)
 	}
 	return out
 }
@@ -166,6 +182,9 @@ func (s *Scheduler) candidate(p, c *peer) selection.Candidate {
 func (s *Scheduler) reparent(p *peer) {
 	if p.provider() {
 		return
+	}
+	if !p.task.starving[p] {
+		s.events.reparented++
 	}
 	if out := s.parentsFor(p, s.opts.candidates, nil); len(out) > 0 {
 		s.push(p, newParents(out))

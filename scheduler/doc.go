@@ -52,5 +52,12 @@
 //
 // See Scheduler: one mutex over all state, never held across I/O; commands to streams go
 // through non-blocking mailboxes; one owned goroutine (the sweeper) on an injected clock
-// (package clock).
+// (package clock), or none with WithManualSweep, whose caller calls Sweep.
+//
+// # Observability
+//
+// Stats returns the state's sizes and counts of events (decisions, seed triggers, peers
+// sent back to the source, reparented, hosts expired); WithDecisionObserver reports the
+// duration of every decision. Package metrics exports both to Prometheus; package sim uses
+// them to measure a simulated population.
 package scheduler

@@ -29,7 +29,7 @@ type env struct {
 
 // withoutSweeper keeps the sweeper from running, so a test sweeps by hand (e.sweep) at the
 // moments it chooses.
-func withoutSweeper() Option { return func(o *settings) { o.noSweeper = true } }
+func withoutSweeper() Option { return WithManualSweep() }
 
 // newEnv returns a scheduler on a fake clock whose sweeper does not run: tests call
 // s.sweep themselves. TestSweeperRunsOnTicks covers the sweeper.

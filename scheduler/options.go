@@ -58,7 +58,8 @@ type settings struct {
 	misses          int
 	seed            uint64
 	seeded          bool
-	noSweeper       bool // tests that sweep by hand
+	manualSweep     bool
+	observer        DurationObserver
 }
 
 func defaultSettings() settings {
@@ -165,6 +166,25 @@ func WithMaxBackToSource(n int) Option { return func(o *settings) { o.maxBackToS
 func WithKeepalive(interval time.Duration, misses int) Option {
 	return func(o *settings) { o.interval, o.misses = interval, misses }
 }
+
+// DurationObserver is told how long each parent decision took, in seconds; a
+// prometheus.Histogram is one. Observe is called with the scheduler's lock held: it must be
+// quick, safe for concurrent use, and must not call the Scheduler.
+type DurationObserver interface {
+	Observe(seconds float64)
+}
+
+// WithDecisionObserver has o told the duration of every parent decision: the time the core
+// spends choosing one peer's parents (on registration, GetCandidateParents, reparenting or a
+// retry of a starving peer), waiting for the lock excluded. The default observes nothing.
+func WithDecisionObserver(o DurationObserver) Option {
+	return func(s *settings) { s.observer = o }
+}
+
+// WithManualSweep keeps the scheduler from running its sweeper goroutine: the caller calls
+// Sweep at the moments it chooses, so that a simulation driving a fake clock step by step is
+// deterministic.
+func WithManualSweep() Option { return func(o *settings) { o.manualSweep = true } }
 
 // WithRandSeed makes the sampling of candidates deterministic, for tests and simulations.
 func WithRandSeed(seed uint64) Option {

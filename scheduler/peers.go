@@ -189,6 +189,7 @@ func (s *Scheduler) addProvider(ctx context.Context, t *task, prefer *peer) {
 			p = s.addPeer(t, h)
 		}
 		s.makeSource(ctx, t, p, true, prefer)
+		s.events.seedTriggers++
 		log.G(ctx).WithFields(log.Fields{"task": t.id, "seed": h.id, "peer": p.id}).Info("seed asked to read the task")
 		s.sendSeedTask(ctx, p)
 		return
@@ -237,6 +238,9 @@ func (s *Scheduler) makeSource(ctx context.Context, t *task, p *peer, seed bool,
 	})
 	p.directive = schedulerv1.Directive_DIRECTIVE_BACK_TO_SOURCE
 	delete(t.starving, p)
+	if !seed {
+		s.events.sentBackToSource++
+	}
 	if p.registered && p != quiet && !seed {
 		s.push(p, directiveChange(schedulerv1.Directive_DIRECTIVE_BACK_TO_SOURCE, "no seed can read the task: read it from its registry"))
 	}

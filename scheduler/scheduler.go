@@ -44,22 +44,23 @@ var ErrClosed = fmt.Errorf("scheduler closed: %w", errdefs.ErrUnavailable)
 //
 // The Scheduler owns one goroutine, the sweeper, which removes hosts that stopped sending
 // keepalives and retries peers still waiting for parents, on a ticker from the injected
-// clock. Close stops it and waits for it.
+// clock. Close stops it and waits for it. With WithManualSweep there is none: the caller
+// calls Sweep.
 type Scheduler struct {
 	opts   settings
 	filter selection.Filter
 	eval   selection.Evaluator
 
-	mu        sync.Mutex
-	closed    bool
-	hosts     map[string]*host
-	seeds     map[string]*host // seed hosts with an open WatchHost stream
-	tasks     map[string]*task
-	peers     map[string]*peer
-	rng       *mrand.Rand
-	idPrefix  string
-	nextSeq   uint64
-	decisions uint64
+	mu       sync.Mutex
+	closed   bool
+	hosts    map[string]*host
+	seeds    map[string]*host // seed hosts with an open WatchHost stream
+	tasks    map[string]*task
+	peers    map[string]*peer
+	rng      *mrand.Rand
+	idPrefix string
+	nextSeq  uint64
+	events   events
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -98,7 +99,7 @@ func New(opts ...Option) (*Scheduler, error) {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
-	if o.noSweeper {
+	if o.manualSweep {
 		close(s.done)
 		return s, nil
 	}
@@ -157,6 +158,12 @@ func (s *Scheduler) sweeper(ctx context.Context, ticker clock.Ticker) {
 	}
 }
 
+// Sweep does at once what the sweeper does every keepalive interval: it removes the hosts
+// silent for more than Misses intervals by the scheduler's clock, with their peers, and
+// retries the peers waiting for parents. Callers that chose WithManualSweep call it
+// themselves; it does nothing after Close.
+func (s *Scheduler) Sweep(ctx context.Context) { s.sweep(ctx) }
+
 // sweep removes the hosts silent for more than misses keepalive intervals, with their peers,
 // and retries the peers waiting for parents.
 func (s *Scheduler) sweep(ctx context.Context) {
@@ -175,6 +182,7 @@ func (s *Scheduler) sweep(ctx context.Context) {
 	slices.SortFunc(gone, func(a, b *host) int { return cmp.Compare(a.id, b.id) })
 	for _, h := range gone {
 		log.G(ctx).WithFields(log.Fields{"host": h.id, "silent": now.Sub(h.lastSeen)}).Info("host missed its keepalives: removing it and its peers")
+		s.events.hostsExpired++
 		s.removeHost(ctx, h, fmt.Errorf("host %s missed its keepalives: %w", h.id, errdefs.ErrNotFound))
 	}
 	for _, t := range s.sortedTasks() {
@@ -200,22 +208,53 @@ func (s *Scheduler) newPeerID() (string, uint64) {
 	return s.idPrefix + "-" + strconv.FormatUint(s.nextSeq, 36), s.nextSeq
 }
 
-// Stats are counters of the scheduler's state, for metrics and logs.
+// events counts what happened since the start. Guarded by mu.
+type events struct {
+	decisions, sentBackToSource, seedTriggers, reparented, hostsExpired uint64
+}
+
+// Stats are the scheduler's state and event counts, for metrics and logs.
 type Stats struct {
-	Hosts, Seeds, Tasks, Peers int
+	// Hosts announced and not removed; Seeds, the seed hosts among them with an open
+	// WatchHost stream (those that can be asked to seed).
+	Hosts, Seeds int
+	// Tasks with at least one peer, and Peers over all tasks (seed peers included).
+	Tasks, Peers int
 	// Starving is the number of peers waiting for a parent.
 	Starving int
 	// BackToSource is the number of peers reading their task's source, seeds excluded.
 	BackToSource int
-	// Decisions counts parent decisions since the start.
+
+	// Counts since the start.
+
+	// Decisions counts parent decisions: one peer's parents chosen, on registration,
+	// GetCandidateParents, reparenting, or a retry of a starving peer.
 	Decisions uint64
+	// SentBackToSource counts peers told to read their task's source themselves because no
+	// seed could.
+	SentBackToSource uint64
+	// SeedTriggers counts seed hosts asked to read a task (a SeedTask decided, not counting
+	// the copies sent again when a watch reopens).
+	SeedTriggers uint64
+	// Reparented counts peers given new parents because a parent left, went bad, or moved in
+	// a tree (peers waiting for their first parent not counted).
+	Reparented uint64
+	// HostsExpired counts hosts removed for missing their keepalives.
+	HostsExpired uint64
 }
 
 // Stats returns the current counters.
 func (s *Scheduler) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := Stats{Hosts: len(s.hosts), Seeds: len(s.seeds), Tasks: len(s.tasks), Peers: len(s.peers), Decisions: s.decisions}
+	st := Stats{
+		Hosts: len(s.hosts), Seeds: len(s.seeds), Tasks: len(s.tasks), Peers: len(s.peers),
+		Decisions:        s.events.decisions,
+		SentBackToSource: s.events.sentBackToSource,
+		SeedTriggers:     s.events.seedTriggers,
+		Reparented:       s.events.reparented,
+		HostsExpired:     s.events.hostsExpired,
+	}
 	for _, t := range s.tasks {
 		st.Starving += len(t.starving)
 		st.BackToSource += t.backToSource

@@ -3,9 +3,11 @@
 // the standard gRPC health service beside it. Node daemons with no scheduler configured run
 // the same scheduler embedded instead. See docs/scheduler.md.
 //
-//	p2p-scheduler --config /etc/p2p-scheduler/config.toml --address 0.0.0.0:65003
+//	p2p-scheduler --config /etc/p2p-scheduler/config.toml --listen 0.0.0.0:65003 --metrics-address 127.0.0.1:9103
 //
-// Flags given on the command line override the file. SIGINT or SIGTERM stops it: health
+// Flags given on the command line override the file. --listen is another name of --address
+// (the TOML key address), --metrics-address (metrics_address) serves Prometheus metrics at
+// /metrics, off when empty (the default). SIGINT or SIGTERM stops it: health
 // turns NOT_SERVING, open streams end with UNAVAILABLE so peers move to another scheduler,
 // and running calls get a short grace period.
 package main
@@ -21,8 +23,10 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/metrics"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
 )
 
@@ -41,9 +45,12 @@ func main() {
 	}
 }
 
-// newCommand returns the command; listening calls it with the address it listens on
-// (tests pass one to learn the port of ":0").
-func newCommand(listening func(net.Addr)) *cobra.Command {
+// listening is told the addresses the service listens on, metrics nil when off (tests pass
+// one to learn the ports of ":0").
+type listening func(grpc, metrics net.Addr)
+
+// newCommand returns the command.
+func newCommand(listening listening) *cobra.Command {
 	var (
 		configPath string
 		flags      = scheduler.DefaultConfig()
@@ -64,8 +71,11 @@ func newCommand(listening func(net.Addr)) *cobra.Command {
 				}
 			}
 			set := cmd.Flags().Changed
-			if set("address") {
+			if set("address") || set("listen") {
 				cfg.Address = flags.Address
+			}
+			if set("metrics-address") {
+				cfg.MetricsAddress = flags.MetricsAddress
 			}
 			if set("log-level") {
 				cfg.LogLevel = flags.LogLevel
@@ -81,7 +91,11 @@ func newCommand(listening func(net.Addr)) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "TOML configuration file")
+	// --listen is a second name of --address: both set one value, the TOML key address;
+	// given both, the last wins, as for a repeated flag.
 	f.StringVar(&flags.Address, "address", scheduler.DefaultAddress, "host:port the gRPC service listens on")
+	f.StringVar(&flags.Address, "listen", scheduler.DefaultAddress, "same as --address")
+	f.StringVar(&flags.MetricsAddress, "metrics-address", "", "host:port serving Prometheus metrics at /metrics; empty: none")
 	f.StringVar(&flags.LogLevel, "log-level", scheduler.DefaultLogLevel, "log level: trace, debug, info, warn, error")
 	f.StringVar((*string)(&flags.Topology.Mode), "topology", string(scheduler.DefaultMode), `topology of new tasks: "dag" or "tree"`)
 	cmd.AddCommand(&cobra.Command{
@@ -93,25 +107,66 @@ func newCommand(listening func(net.Addr)) *cobra.Command {
 	return cmd
 }
 
-func run(ctx context.Context, cfg scheduler.Config, listening func(net.Addr)) error {
+func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 	if err := log.SetLevel(cfg.LogLevel); err != nil {
 		return err
 	}
-	core, err := scheduler.New(cfg.Options()...)
+	opts := cfg.Options()
+	var m *metrics.Metrics
+	if cfg.MetricsAddress != "" {
+		m = metrics.New()
+		opts = append(opts, m.Option())
+	}
+	core, err := scheduler.New(opts...)
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", cfg.Address)
+	ln, mln, err := listen(cfg)
 	if err != nil {
 		core.Close()
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
-	log.G(ctx).WithFields(log.Fields{
+	fields := log.Fields{
 		"address": ln.Addr().String(), "version": version, "topology": cfg.Topology.Mode,
 		"keepalive": cfg.Keepalive.Interval, "max_back_to_source": cfg.Seed.MaxBackToSource,
-	}).Info("p2p-scheduler serving")
-	if listening != nil {
-		listening(ln.Addr())
 	}
-	return server.Serve(ctx, ln, core, grace) // closes core
+	var maddr net.Addr
+	if m != nil {
+		if err := m.Track(core); err != nil {
+			ln.Close()
+			mln.Close()
+			core.Close()
+			return err
+		}
+		maddr = mln.Addr()
+		fields["metrics"] = "http://" + maddr.String() + metrics.Path
+	}
+	log.G(ctx).WithFields(fields).Info("p2p-scheduler serving")
+	if listening != nil {
+		listening(ln.Addr(), maddr)
+	}
+	// Either server failing stops the other; a stop asked for by ctx stops both.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return server.Serve(gctx, ln, core, grace) }) // closes core
+	if mln != nil {
+		g.Go(func() error { return metrics.Serve(gctx, mln, m.Handler()) })
+	}
+	return g.Wait()
+}
+
+// listen opens the gRPC listener and, when configured, the metrics one (else nil).
+func listen(cfg scheduler.Config) (grpcLn, metricsLn net.Listener, err error) {
+	grpcLn, err = net.Listen("tcp", cfg.Address)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen: %w", err)
+	}
+	if cfg.MetricsAddress == "" {
+		return grpcLn, nil, nil
+	}
+	metricsLn, err = net.Listen("tcp", cfg.MetricsAddress)
+	if err != nil {
+		grpcLn.Close()
+		return nil, nil, fmt.Errorf("listen for metrics: %w", err)
+	}
+	return grpcLn, metricsLn, nil
 }

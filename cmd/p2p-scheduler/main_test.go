@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,44 +18,85 @@ import (
 )
 
 func TestServeAndStop(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "config.toml")
-	// The file says tree and an address; the flag overrides the address.
-	if err := os.WriteFile(path, []byte("address = \"127.0.0.1:1\"\nlog_level = \"error\"\n[topology]\nmode = \"tree\"\n"), 0o600); err != nil {
-		t.Fatal(err)
+	// The file says tree and an address; the flags override the address.
+	const file = "address = \"127.0.0.1:1\"\nlog_level = \"error\"\n[topology]\nmode = \"tree\"\n"
+	tests := []struct {
+		name        string
+		toml        string
+		args        []string
+		wantMetrics bool
+	}{
+		{"--address, no metrics", file, []string{"--address", "127.0.0.1:0"}, false},
+		{"--listen and --metrics-address", file, []string{"--listen", "127.0.0.1:0", "--metrics-address", "127.0.0.1:0"}, true},
+		{"metrics_address in the file", "metrics_address = \"127.0.0.1:0\"\n" + file, []string{"--listen", "127.0.0.1:0"}, true},
 	}
-	addrs := make(chan net.Addr, 1)
-	cmd := newCommand(func(a net.Addr) { addrs <- a })
-	cmd.SetArgs([]string{"--config", path, "--address", "127.0.0.1:0"})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- cmd.ExecuteContext(ctx) }()
-	var addr net.Addr
-	select {
-	case addr = <-addrs:
-	case err := <-done:
-		t.Fatalf("exited early: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("not listening")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "config.toml")
+			if err := os.WriteFile(path, []byte(tt.toml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			type addrs struct{ grpc, metrics net.Addr }
+			listening := make(chan addrs, 1)
+			cmd := newCommand(func(g, m net.Addr) { listening <- addrs{g, m} })
+			cmd.SetArgs(append([]string{"--config", path}, tt.args...))
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- cmd.ExecuteContext(ctx) }()
+			var got addrs
+			select {
+			case got = <-listening:
+			case err := <-done:
+				t.Fatalf("exited early: %v", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("not listening")
+			}
+			conn, err := grpc.NewClient(got.grpc.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "p2pimage.scheduler.v1.Scheduler"})
+			if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+				t.Fatalf("health: got %v, %v; want SERVING", resp, err)
+			}
+			if (got.metrics != nil) != tt.wantMetrics {
+				t.Fatalf("got metrics address %v; want one: %v", got.metrics, tt.wantMetrics)
+			}
+			if tt.wantMetrics {
+				body := get(t, "http://"+got.metrics.String()+"/metrics")
+				for _, want := range []string{"\np2p_scheduler_hosts 0\n", "\np2p_scheduler_decisions_total 0\n", "p2p_scheduler_decision_duration_seconds_bucket"} {
+					if !strings.Contains(body, want) {
+						t.Errorf("/metrics: got no %q in\n%s", want, body)
+					}
+				}
+			}
+			cancel() // as SIGTERM does
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("stop: got %v; want a clean exit", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("did not stop")
+			}
+		})
 	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+func get(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: "p2pimage.scheduler.v1.Scheduler"})
-	if err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("health: got %v, %v; want SERVING", resp, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s, %v", url, resp.Status, err)
 	}
-	cancel() // as SIGTERM does
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("stop: got %v; want a clean exit", err)
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("did not stop")
-	}
+	return string(b)
 }
 
 func TestBadConfig(t *testing.T) {
@@ -70,6 +113,11 @@ func TestBadConfig(t *testing.T) {
 	cmd.SetArgs([]string{"--topology", "star"})
 	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "star") {
 		t.Fatalf("got %v; want an error naming the bad flag value", err)
+	}
+	cmd = newCommand(nil)
+	cmd.SetArgs([]string{"--metrics-address", "9103"})
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "metrics_address") {
+		t.Fatalf("got %v; want an error naming metrics_address", err)
 	}
 }
 
