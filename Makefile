@@ -29,7 +29,7 @@ protoc_gen = $(PROTOC) -I proto \
 	--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=$(1) --go-grpc_opt=paths=source_relative \
 	$(PROTO_FILES)
 
-.PHONY: all build test unit fuzz bench demo lint clean help sim proto proto-check proto-tools proto-versions test-proto
+.PHONY: all build test unit fuzz bench bench-dist demo lint clean help sim proto proto-check proto-tools proto-versions test-proto
 
 all: build
 
@@ -40,6 +40,7 @@ help:
 	@echo "demo   run the main job on an embedded default, nothing to set up"
 	@echo "lint   gofmt and go vet"
 	@echo "sim    the scheduler simulation: 10,000 peers, dag and tree"
+	@echo "bench-dist  distribute a 256 MiB layer to 8, 16 and 32 peers in namespaces (root; tens of minutes)"
 	@echo "proto  regenerate the Go code of proto/ with pinned generators (needs protoc)"
 	@echo "proto-check  fail if the committed generated code differs from a fresh generation (part of test when protoc is installed)"
 
@@ -62,6 +63,9 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1,2 ./...
 	$(GO) run ./integration/ingestbench
+
+bench-dist:
+	$(GO) run ./integration/distbench -peers 8,16,32 -size 256MiB -rate 160mbit -modes tree,dag
 
 sim:
 	$(GO) run ./scheduler/sim/cmd/schedsim -mode dag -peers 10000 -seed 1
