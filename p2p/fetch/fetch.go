@@ -217,9 +217,10 @@ func (f *Fetcher) fetchFrom(ctx context.Context, p *parentState, i int, buf []by
 	limit := f.wait + time.Duration(float64(len(buf))/minRate*float64(time.Second)) + time.Second
 	rctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	start := f.now()
-	n, st, err := f.client.Block(rctx, p.Addr, f.task.ID, i, f.wait, buf)
-	took := f.now().Sub(start)
+	// took is the transfer alone: a parent that waited for a block it was still receiving
+	// is not slow, it is pipelining, and neither its measured rate nor the scheduler's
+	// slow-parent rule should count the wait.
+	n, st, took, err := f.client.BlockTimed(rctx, p.Addr, f.task.ID, i, f.wait, buf)
 	f.mu.Lock()
 	p.freeSlots = st.FreeSlots
 	f.mu.Unlock()

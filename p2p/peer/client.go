@@ -74,19 +74,32 @@ func (c *Client) Close() error {
 // block it is still receiving, and reads it into buf, which must be large enough for the
 // block. It returns the block's length and the peer's state. The bytes are not verified.
 func (c *Client) Block(ctx context.Context, addr string, task layer.TaskID, index int, wait time.Duration, buf []byte) (int, wire.State, error) {
-	var n int
+	n, st, _, err := c.BlockTimed(ctx, addr, task, index, wait, buf)
+	return n, st, err
+}
+
+// BlockTimed is Block that also returns how long the block's bytes took to arrive once the
+// peer began to send them: the transfer, without the time the peer waited for a block it
+// was still receiving itself.
+func (c *Client) BlockTimed(ctx context.Context, addr string, task layer.TaskID, index int, wait time.Duration, buf []byte) (int, wire.State, time.Duration, error) {
+	var (
+		n        int
+		transfer time.Duration
+	)
 	st, err := c.do(ctx, addr, wire.Request{Op: wire.OpBlock, Task: task, Index: index, Wait: wait}, func(h wire.ResponseHeader, r io.Reader) error {
 		if h.Length > len(buf) {
 			return fmt.Errorf("block of %d bytes, want at most %d: %w", h.Length, len(buf), wire.ErrMalformed)
 		}
 		n = h.Length
+		start := time.Now()
 		_, err := io.ReadFull(r, buf[:n])
+		transfer = time.Since(start)
 		return err
 	})
 	if err != nil {
-		return 0, st, fmt.Errorf("peer %s: block %d of %s: %w", addr, index, task, err)
+		return 0, st, 0, fmt.Errorf("peer %s: block %d of %s: %w", addr, index, task, err)
 	}
-	return n, st, nil
+	return n, st, transfer, nil
 }
 
 // Table asks the peer at addr for the digests of task's blocks from index from on.
