@@ -76,6 +76,8 @@ const (
 	cooldown = 3 * time.Second
 	// busyBackoff sets aside a parent that answered busy.
 	busyBackoff = 100 * time.Millisecond
+	// notFoundBackoff sets aside a parent that did not have a block.
+	notFoundBackoff = 300 * time.Millisecond
 	// initialRate is assumed of a parent not measured yet, so new parents get tried.
 	initialRate = 50 << 20
 	// maxAttempts bounds the requests for one block.
@@ -261,8 +263,9 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 		p.until, p.unreached = now.Add(busyBackoff), false
 		return ReasonBusy
 	case errors.Is(*err, peer.ErrNotFound):
-		// It does not hold the block (evicted, or never had it): ask the scheduler for others.
-		p.until, p.unreached = now.Add(cooldown), true
+		// It does not hold the block (evicted, or not received yet): try others for a moment,
+		// and leave it out when asking the scheduler for more meanwhile.
+		p.until, p.unreached = now.Add(notFoundBackoff), true
 		return ReasonNotFound
 	case ctx.Err() == nil && errors.Is(*err, context.DeadlineExceeded):
 		p.until, p.unreached = now.Add(cooldown), true
