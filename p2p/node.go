@@ -60,6 +60,9 @@ type Node struct {
 	sched    Scheduler
 	client   *peer.Client
 	window   int
+
+	mu     sync.Mutex
+	layers map[layer.TaskID]*seed.Layer // layers read from peers, one fetcher each
 }
 
 // NodeOption configures a Node.
@@ -72,7 +75,8 @@ func WithWindow(n int) NodeOption { return func(nd *Node) { nd.window = max(n, 1
 // the holder the node's block server serves. sched may be nil: every layer is then read
 // from its registry.
 func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Store, sched Scheduler, opts ...NodeOption) *Node {
-	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, client: peer.NewClient(), window: 16}
+	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, client: peer.NewClient(), window: 16,
+		layers: make(map[layer.TaskID]*seed.Layer)}
 	for _, o := range opts {
 		o(n)
 	}
@@ -92,14 +96,23 @@ const (
 	parentIndexWait = 30 * time.Second
 )
 
-// Open returns a layer this node holds on disk (a layer it seeded), as seed.Store.Open.
-func (n *Node) Open(task layer.TaskID) (*seed.Layer, error) { return n.seeds.Open(task) }
+// Open returns a layer this node holds on disk (a layer it seeded), or one it reads from
+// peers already; otherwise an error wrapping os.ErrNotExist, as seed.Store.Open.
+func (n *Node) Open(task layer.TaskID) (*seed.Layer, error) {
+	n.mu.Lock()
+	l := n.layers[task]
+	n.mu.Unlock()
+	if l != nil {
+		return l, nil
+	}
+	return n.seeds.Open(task)
+}
 
 // Layer returns the layer src names: held on disk, seeded now from the registry, or read from
 // parents on demand, as the scheduler says.
 func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) {
 	task := layer.TaskIDFromDigest(src.DiffID)
-	if l, err := n.seeds.Open(task); err == nil {
+	if l, err := n.Open(task); err == nil {
 		return l, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).WithField("task", task).Warn("stored layer unusable; fetching it again")
@@ -121,8 +134,14 @@ func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) 
 	return n.peerLayer(task, x)
 }
 
-// peerLayer returns the layer with index x whose blocks come from parents.
+// peerLayer returns the layer with index x whose blocks come from parents: the one this
+// node reads already, or a new one.
 func (n *Node) peerLayer(task layer.TaskID, x *layer.Index) (*seed.Layer, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if l := n.layers[task]; l != nil {
+		return l, nil
+	}
 	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: x.Blocks.Size, BlockSize: x.Blocks.BlockSize, Digests: x.Blocks.Digests}, n.sched,
 		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
 	if err != nil {
@@ -132,7 +151,9 @@ func (n *Node) peerLayer(task layer.TaskID, x *layer.Index) (*seed.Layer, error)
 	if enc, err := x.Marshal(); err == nil {
 		n.registry.SetIndex(task, enc) // its children may ask this node for it
 	}
-	return seed.NewLayer(x, n.cache, f), nil
+	l := seed.NewLayer(x, n.cache, f)
+	n.layers[task] = l
+	return l, nil
 }
 
 // seed reads the layer from its registry, telling the scheduler this node is its source.
