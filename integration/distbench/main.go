@@ -144,12 +144,18 @@ func main() {
 
 // bench builds from the source -src names, runs everything and prints the results.
 func bench(ctx context.Context, cfg config) (err error) {
-	if cfg.source, err = snapshotSource(cfg.src, cfg.dir); err != nil {
+	unlock, err := lock(cfg)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var copyDir string
+	if cfg.source, copyDir, err = snapshotSource(cfg.src, cfg.dir); err != nil {
 		return fmt.Errorf("-src %s: %w", cfg.src, err)
 	}
 	progress("daemons built from %s", cfg.source)
-	if cfg.src != srcLive && !cfg.keep {
-		defer os.RemoveAll(filepath.Join(cfg.dir, "src"))
+	if copyDir != "" && !cfg.keep {
+		defer os.RemoveAll(copyDir)
 	}
 	results, err := runAll(ctx, cfg)
 	if len(results) == 0 {
@@ -191,6 +197,35 @@ func runAll(ctx context.Context, cfg config) ([]result, error) {
 		}
 	}
 	return results, nil
+}
+
+// lock makes this process the only distbench using its lab name and its directory: a
+// second one would sweep the first one's lab away (netlab.Sweep removes a lab of the same
+// name even in use) and overwrite its results. The locks are flocks, released when this
+// process ends, however it ends.
+func lock(cfg config) (unlock func(), err error) {
+	if err := os.MkdirAll(cfg.dir, 0o755); err != nil {
+		return nil, err
+	}
+	var files []*os.File
+	unlock = func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}
+	for _, p := range []string{filepath.Join(os.TempDir(), "distbench-lab-"+cfg.lab+".lock"), filepath.Join(cfg.dir, ".lock")} {
+		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		files = append(files, f)
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+			unlock()
+			return nil, fmt.Errorf("another distbench holds %s (%v): give this one another -lab, -subnet and -dir, or wait", p, err)
+		}
+	}
+	return unlock, nil
 }
 
 func parseInts(s string) ([]int, error) {

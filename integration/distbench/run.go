@@ -166,16 +166,8 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 	}
 	r.Bound = linkBound(r.TaskBytes, c.Seeds[0].Host.Limits(), peerLimits)
 
-	var regHost *netlab.Host
-	for _, h := range c.Lab.Hosts() {
-		if h.Name == "registry" {
-			regHost = h
-		}
-	}
-	if regHost == nil {
-		return r, errors.New("no registry host in the lab")
-	}
-	hosts := []*netlab.Host{regHost, c.Seeds[0].Host}
+	// Hosts and processes measured: the seed first, then the peers.
+	hosts := []*netlab.Host{c.Seeds[0].Host}
 	pids := []string{strconv.Itoa(os.Getpid()), strconv.Itoa(c.Seeds[0].Proc.Pid)}
 	for _, s := range c.Schedulers {
 		pids = append(pids, strconv.Itoa(s.Proc.Pid))
@@ -241,10 +233,10 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 	r.PeerFirst, r.PeerMedian, r.PeerLast = sorted[0].Seconds(), sorted[n/2].Seconds(), sorted[n-1].Seconds()
 
 	var seedTx, allTx, peerRx uint64
-	for i := 1; i < len(hosts); i++ { // the seed and the peers, not the registry
+	for i := range hosts {
 		tx := after[i].tx - before[i].tx
 		allTx += tx
-		if i == 1 {
+		if i == 0 {
 			seedTx = tx
 		} else {
 			peerRx += after[i].rx - before[i].rx

@@ -33,55 +33,60 @@ const maxSnapshotFile = 8 << 20
 // into it: cluster.Start builds the daemons anew for each run, from the module above the
 // working directory (containerdenv.ModuleRoot), so a tree that others edit during the
 // benchmark would otherwise give each run different binaries. It returns a description of
-// the source for the report.
-func snapshotSource(kind, dir string) (string, error) {
+// the source for the report, and the copy's directory ("" for srcLive).
+func snapshotSource(kind, dir string) (desc, copyDir string, err error) {
 	root, err := containerdenv.ModuleRoot()
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	rev := "unknown revision"
 	if out, err := git(root, "describe", "--always", "--dirty"); err == nil {
 		rev = strings.TrimSpace(string(out))
 	}
 	if kind == srcLive {
-		return fmt.Sprintf("%s, rebuilt for each run from the working tree (%s)", rev, root), os.Chdir(root)
+		return fmt.Sprintf("%s, rebuilt for each run from the working tree (%s)", rev, root), "", os.Chdir(root)
 	}
-	dst := filepath.Join(dir, "src")
-	if err := os.RemoveAll(dst); err != nil {
-		return "", err
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", "", err
 	}
-	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return "", err
+	dst, err := os.MkdirTemp(dir, "src-")
+	if err != nil {
+		return "", "", err
 	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dst)
+		}
+	}()
 	switch kind {
 	case srcHead:
 		out, err := git(root, "archive", "--format=tar", "HEAD")
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		if err := untar(bytes.NewReader(out), dst); err != nil {
-			return "", fmt.Errorf("export HEAD: %w", err)
+			return "", "", fmt.Errorf("export HEAD: %w", err)
 		}
 		head, err := git(root, "rev-parse", "--short", "HEAD")
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		rev = "commit " + strings.TrimSpace(string(head))
 	case srcWorktree:
 		out, err := git(root, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
 		if err != nil {
-			return "", err
+			return "", "", err
 		}
 		for _, name := range strings.Split(strings.TrimRight(string(out), "\x00"), "\x00") {
 			if err := copyFile(filepath.Join(root, name), filepath.Join(dst, name)); err != nil {
-				return "", fmt.Errorf("copy the working tree: %w", err)
+				return "", "", fmt.Errorf("copy the working tree: %w", err)
 			}
 		}
 		rev = "working tree at " + rev
 	default:
-		return "", fmt.Errorf("unknown source %q", kind)
+		return "", "", fmt.Errorf("unknown source %q", kind)
 	}
-	return fmt.Sprintf("%s (copied to %s at start-up)", rev, dst), os.Chdir(dst)
+	return fmt.Sprintf("%s (copied to %s at start-up)", rev, dst), dst, os.Chdir(dst)
 }
 
 func git(dir string, args ...string) ([]byte, error) {
