@@ -24,7 +24,15 @@
 // and last peer finished, the slowest and fastest block copy ("warmed layer from peers"), the
 // seed's share of all bytes the daemons uploaded (netlab counters), and the CPU the machine
 // and the cluster's processes used during the window (/proc), so that a run limited by two
-// cores rather than by the caps shows as such.
+// cores rather than by the caps shows as such. The seed's and the peers' upload, second by
+// second, is in DIR/results.json with the rest.
+//
+// cluster.Start builds the daemons for every run from the module above the working
+// directory. -src head (the default) exports the commit checked out once, at start-up, and
+// builds every run from that copy, so that others editing the tree meanwhile do not change the
+// binaries between runs; -src worktree copies the working tree instead, -src live builds from
+// it as it is at each run. Two distbenches never share a lab name or a directory: the second
+// one to start refuses (netlab.Sweep would remove the first one's lab).
 package main
 
 import (
