@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
 )
 
 // stopTimeout is how long a daemon has to exit after SIGTERM before it is killed.
@@ -37,7 +38,7 @@ func startDaemon(name, logPath string, env []string, argv ...string) (*daemon, e
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = lf, lf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := startOnStableThread(cmd); err != nil {
+	if err := netlab.StartOnStableThread(cmd); err != nil {
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -148,28 +149,4 @@ func tailFile(path string, n int) (string, error) {
 		lines = append([]string{fmt.Sprintf("[… %d earlier lines]", len(lines)-n)}, lines[len(lines)-n:]...)
 	}
 	return strings.Join(lines, "\n"), nil
-}
-
-var (
-	starterOnce sync.Once
-	starter     chan func()
-)
-
-// startOnStableThread starts cmd from one OS thread that lives as long as the process.
-// Pdeathsig fires when the thread that started the child exits, not the process, and Go
-// ends a thread when a goroutine locked to it returns: a daemon started from such a thread
-// would be killed in the middle of a test.
-func startOnStableThread(cmd *exec.Cmd) error {
-	starterOnce.Do(func() {
-		starter = make(chan func())
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread stays
-			for f := range starter {
-				f()
-			}
-		}()
-	})
-	done := make(chan error, 1)
-	starter <- func() { done <- cmd.Start() }
-	return <-done
 }

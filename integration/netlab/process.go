@@ -52,7 +52,7 @@ func (h *Host) Start(ctx context.Context, logPath string, argv ...string) (*Proc
 	if l.closed {
 		return nil, fmt.Errorf("netlab %s: host %s: start %s: lab closed", l.Name, h.Name, argv[0])
 	}
-	if err := startOnStableThread(cmd); err != nil {
+	if err := StartOnStableThread(cmd); err != nil {
 		return nil, fmt.Errorf("netlab %s: host %s: start %s: %w", l.Name, h.Name, argv[0], err)
 	}
 	p := &Process{Pid: cmd.Process.Pid, name: argv[0], cmd: cmd, exited: make(chan struct{})}
@@ -131,10 +131,11 @@ var (
 	starter     chan func()
 )
 
-// startOnStableThread starts cmd from an OS thread that lives as long as this process.
+// StartOnStableThread starts cmd from an OS thread that lives as long as this process.
 // Pdeathsig fires when the thread that started the child ends, not the process, and the Go
-// runtime ends a thread whenever a goroutine locked to it returns.
-func startOnStableThread(cmd *exec.Cmd) error {
+// runtime ends a thread whenever a goroutine locked to it returns: a daemon started from such
+// a thread would be killed in the middle of a test.
+func StartOnStableThread(cmd *exec.Cmd) error {
 	starterOnce.Do(func() {
 		starter = make(chan func())
 		go func() {
