@@ -64,23 +64,7 @@ func (c *Client) Unmount(ctx context.Context, dir string) error {
 // CopyBlob asks the manager to write the blob req names to w through its block cache, and
 // returns the bytes written. An error with 0 bytes written means the manager wrote nothing.
 func (c *Client) CopyBlob(ctx context.Context, w io.Writer, req blobs.Request) (int64, error) {
-	b, err := json.Marshal(req)
-	if err != nil {
-		return 0, err
-	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/blob", bytes.NewReader(b))
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.http.Do(hr)
-	if err != nil {
-		return 0, fmt.Errorf("FUSE manager blob %s: %w", req.Digest, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("FUSE manager blob %s: %s", req.Digest, responseError(resp))
-	}
-	n, err := io.Copy(w, resp.Body)
+	n, err := c.stream(ctx, "blob", req, w)
 	if err != nil {
 		return n, fmt.Errorf("FUSE manager blob %s: %w", req.Digest, err)
 	}
@@ -94,27 +78,32 @@ func (c *Client) CopyBlob(ctx context.Context, w io.Writer, req blobs.Request) (
 // to w. The manager checks it against the diffID before it sends the last block, so a
 // stream that ends without an error is the layer.
 func (c *Client) Stream(ctx context.Context, w io.Writer, src seed.Source) (int64, error) {
-	b, err := json.Marshal(mountRequest{Source: &src})
-	if err != nil {
-		return 0, err
-	}
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/stream", bytes.NewReader(b))
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.http.Do(hr)
-	if err != nil {
-		return 0, fmt.Errorf("stream layer %s: %w", src.DiffID, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 0, fmt.Errorf("stream layer %s: %s", src.DiffID, responseError(resp))
-	}
-	n, err := io.Copy(w, resp.Body)
+	n, err := c.stream(ctx, "stream", mountRequest{Source: &src}, w)
 	if err != nil {
 		return n, fmt.Errorf("stream layer %s: %w", src.DiffID, err)
 	}
 	return n, nil
+}
+
+// stream posts body to the manager's op and copies its answer to w.
+func (c *Client) stream(ctx context.Context, op string, body any, w io.Writer) (int64, error) {
+	b, err := json.Marshal(body)
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/"+op, bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, errors.New(responseError(resp))
+	}
+	return io.Copy(w, resp.Body)
 }
 
 // Ping reports whether the manager answers.

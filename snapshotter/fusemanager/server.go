@@ -46,16 +46,9 @@ func WithBlobs(b BlobCopier) ServeOption {
 				writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 				return
 			}
-			bw := &firstWrite{w: w}
-			n, err := b.CopyBlob(r.Context(), bw, req)
-			switch {
-			case err == nil:
-			case !bw.started:
-				writeError(w, http.StatusBadGateway, err)
-			default:
-				log.G(r.Context()).WithError(err).WithFields(log.Fields{"digest": req.Digest, "sent": n}).Warn("FUSE manager: blob failed mid-stream")
-				panic(http.ErrAbortHandler)
-			}
+			writeStream(w, r, log.Fields{"digest": req.Digest}, func(bw io.Writer) (int64, error) {
+				return b.CopyBlob(r.Context(), bw, req)
+			})
 		})
 	}
 }
@@ -94,17 +87,26 @@ func WithStreamer(st Streamer) ServeOption {
 				writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %v", err))
 				return
 			}
-			fw := &firstWrite{w: w}
-			n, err := st.Stream(r.Context(), fw, *req.Source)
-			switch {
-			case err == nil:
-			case !fw.started:
-				writeError(w, http.StatusBadGateway, err)
-			default:
-				log.G(r.Context()).WithError(err).WithFields(log.Fields{"diffID": req.Source.DiffID, "sent": n}).Warn("FUSE manager: layer stream failed midway")
-				panic(http.ErrAbortHandler)
-			}
+			writeStream(w, r, log.Fields{"diffID": req.Source.DiffID}, func(fw io.Writer) (int64, error) {
+				return st.Stream(r.Context(), fw, *req.Source)
+			})
 		})
+	}
+}
+
+// writeStream answers with what copy writes: 200 and the bytes once it writes any; an error
+// status if it fails before; a broken connection if it fails after, so the client sees a
+// broken response rather than a short one.
+func writeStream(w http.ResponseWriter, r *http.Request, what log.Fields, copy func(io.Writer) (int64, error)) {
+	fw := &firstWrite{w: w}
+	n, err := copy(fw)
+	switch {
+	case err == nil:
+	case !fw.started:
+		writeError(w, http.StatusBadGateway, err)
+	default:
+		log.G(r.Context()).WithError(err).WithFields(what).WithField("sent", n).Warn("FUSE manager: stream failed midway")
+		panic(http.ErrAbortHandler)
 	}
 }
 
