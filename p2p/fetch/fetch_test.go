@@ -85,11 +85,15 @@ func (tt *testTask) block(i int) []byte {
 }
 
 // seed plays a seed's streaming pass on n: block by block into the cache with its digest,
-// waiting gate(i) before block i, then completes the task with a refill from memory.
+// waiting gate(i) before block i, then completes the task with a refill from memory. The
+// pass ends before the node's cache closes: a gate must return once t.Context() is done.
 func (tt *testTask) seed(t *testing.T, n *node, gate func(i int)) (refills *atomic.Int64) {
 	refills = new(atomic.Int64)
 	n.registry.StartPass(tt.id)
+	done := make(chan struct{})
+	t.Cleanup(func() { <-done })
 	go func() {
+		defer close(done)
 		for i := range tt.table.Count() {
 			if gate != nil {
 				gate(i)
@@ -299,7 +303,10 @@ func TestInFlightBlockIsServedWithoutRefetch(t *testing.T) {
 	release := make(chan struct{})
 	refills := tt.seed(t, seed, func(i int) {
 		if i == 2 {
-			<-release // block 2 is still "downloading" at the seed
+			select { // block 2 is still "downloading" at the seed
+			case <-release:
+			case <-t.Context().Done():
+			}
 		}
 	})
 	got := make(chan error, 1)
