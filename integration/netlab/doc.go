@@ -12,13 +12,13 @@
 //	    │ veth
 //	┌───┴─────────────── namespace L-switch ───────────────┐
 //	│ drv ─┬─ br0 (bridge)                                 │
-//	│      ├─ Lh1 ── tbf: a's Down                         │
-//	│      └─ Lh2 ── tbf: b's Down                         │
+//	│      ├─ Lh1 ── htb: a's Down                         │
+//	│      └─ Lh2 ── htb: b's Down                         │
 //	└────────┼──────────────┼──────────────────────────────┘
 //	         │ veth         │ veth
 //	 namespace L-a       namespace L-b
 //	  eth0 10.213.1.2     eth0 10.213.1.3
-//	  tbf: a's Up         tbf: b's Up
+//	  htb: a's Up         htb: b's Up
 //
 // Hosts are numbered from the subnet's second address in the order they are added. The
 // driver's link is a plain veth into the bridge, so the driver only adds the route to the
@@ -39,14 +39,16 @@
 //
 // # Shaping
 //
-// Limits.Up is a token bucket filter (tc tbf) on the egress of the host's eth0;
-// Limits.Down is one on the egress of the host's bridge port (Lh1, …), which carries what
-// the other hosts and the driver send to it. Rates count Ethernet frames, headers
-// included, like a NIC's: bulk TCP over a 1500-byte MTU carries 1448 bytes of payload in
-// each 1514-byte frame, 95.6% of the rate. The bucket holds 5 ms of the rate (at least
-// 16 KiB) and the queue 50 ms more: measured with BenchmarkShaping, a bulk transfer with bbr
-// or cubic then reaches 0.996–1.004× of that 95.6% from 8 Mbit/s to 1 Gbit/s, and adds
-// 55–70 ms of queueing delay to the link (tbf.go explains the choice).
+// Limits.Up shapes the egress of the host's eth0; Limits.Down the egress of the host's
+// bridge port (Lh1, …), which carries what the other hosts and the driver send to it. Each is
+// an htb class of the rate with two leaves: small packets (TCP acknowledgements) are served
+// first, as Linux's default fq_codel would serve them, so that a host's uploads do not
+// starve the acknowledgements of its downloads; the rest waits in a queue of 50 ms. Rates
+// count Ethernet frames, headers included, like a NIC's: bulk TCP over a 1500-byte MTU
+// carries 1448 bytes of payload in each 1514-byte frame, 95.6% of the rate. Measured with
+// BenchmarkShaping and BenchmarkRelay, bulk transfers with bbr or cubic reach 1.00–1.01× of
+// that 95.6% from 8 Mbit/s to 1 Gbit/s, one way or both at once (shaping.go explains the
+// choices).
 //
 // Host.Counters reads the host's eth0 statistics. They count what the kernel hands to the
 // device: a large TCP segment that is never split (segmentation offload, which veth keeps)

@@ -123,19 +123,26 @@ func (h *Host) Limits() Limits {
 	return h.limits
 }
 
-// shape puts a tbf of rate (bits/s) on the egress of dev in namespace ns, or removes it
-// when rate is 0; old is the rate set before.
+// shape caps the egress of dev in namespace ns at rate (bits/s), or removes the cap when
+// rate is 0; old is the rate set before.
 func (l *Lab) shape(ctx context.Context, ns, dev string, old, rate uint64) error {
-	switch {
-	case rate == old:
+	if rate == old {
 		return nil
-	case rate == 0:
-		_, err := runCmd(ctx, l.tc, "-n", ns, "qdisc", "del", "dev", dev, "root")
-		return err
 	}
-	argv := append([]string{l.tc, "-n", ns, "qdisc", "replace", "dev", dev}, tbfArgs(rate, l.mtu)...)
-	_, err := runCmd(ctx, argv...)
-	return err
+	if old != 0 {
+		if _, err := runCmd(ctx, l.tc, "-n", ns, "qdisc", "del", "dev", dev, "root"); err != nil {
+			return err
+		}
+	}
+	if rate == 0 {
+		return nil
+	}
+	for _, argv := range shapeCommands(dev, rate, l.mtu) {
+		if _, err := runCmd(ctx, append([]string{l.tc, "-n", ns}, argv...)...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Command returns a command that runs argv inside the host's namespace (`ip netns exec`,
