@@ -157,7 +157,7 @@ func (s *Scheduler) candidate(p, c *peer) selection.Candidate {
 		Self:       c == p,
 		Corrupt:    c.corrupt,
 		Failures:   c.failures,
-		Slow:       c.durations.Slow(),
+		Slow:       c.durations.Slow(s.opts.clock.Now()),
 		BlocksHeld: c.heldCount,
 		BlockCount: int(t.blockCount),
 		Complete:   complete,

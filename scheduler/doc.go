@@ -45,8 +45,8 @@
 // that leaves, gives up, or whose host goes is taken out of its topology and each of its
 // children is given new parents at once, on its SyncProgress stream. Reports from children
 // mark parents corrupt (digest mismatch, for good), failing (MaxFailures failed requests in a
-// row, until a success) or slow (block time above mean + 3σ of its history); their children
-// are reparented when that happens.
+// row, until a success) or slow (block time above mean + 3σ of its history, for
+// selection.SlowFor or until a normal one); their children are reparented when that happens.
 //
 // # Concurrency
 //

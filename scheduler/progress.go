@@ -137,7 +137,7 @@ func (s *Scheduler) apply(ctx context.Context, p *peer, r *schedulerv1.ProgressR
 			wasBad := s.bad(parent)
 			parent.failures = 0
 			if n := len(nb.Indexes); n > 0 && nb.FetchDurationUs > 0 {
-				parent.durations.Add(time.Duration(nb.FetchDurationUs/uint64(n)) * time.Microsecond)
+				parent.durations.Add(time.Duration(nb.FetchDurationUs/uint64(n))*time.Microsecond, s.opts.clock.Now())
 			}
 			if !wasBad && s.bad(parent) {
 				log.G(ctx).WithFields(log.Fields{"task": t.id, "peer": parent.id, "mean": parent.durations.Mean()}).Info("parent slow: reparenting its children")
@@ -215,7 +215,7 @@ func (s *Scheduler) parentOf(p *peer, id string) *peer {
 
 // bad reports whether c is a parent to replace: corrupt, failing or slow. The caller holds mu.
 func (s *Scheduler) bad(c *peer) bool {
-	return s.filter.Bad(&selection.Candidate{Corrupt: c.corrupt, Failures: c.failures, Slow: c.durations.Slow()})
+	return s.filter.Bad(&selection.Candidate{Corrupt: c.corrupt, Failures: c.failures, Slow: c.durations.Slow(s.opts.clock.Now())})
 }
 
 // wentBad gives new parents to the children of a parent that just went bad, and, if it was

@@ -13,6 +13,7 @@ import (
 
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/clock"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/selection"
 )
 
 func TestValidation(t *testing.T) {
@@ -118,14 +119,16 @@ func TestReportsMakeParentsBad(t *testing.T) {
 	tests := []struct {
 		name    string
 		reports []*schedulerv1.ProgressReport // from the child, about the parent
+		later   time.Duration                 // then the clock moves on by this much
 		wantBad bool
 	}{
-		{"digest mismatch", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH)}, true},
-		{"two timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, false},
-		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, true},
-		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, false},
-		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, false},
-		{"slow block after a steady history", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, 12), blocks(200_000, 2)), true},
+		{"digest mismatch", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH)}, 0, true},
+		{"two timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, false},
+		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, true},
+		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, 0, false},
+		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, 0, false},
+		{"slow block after a steady history", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, 12), blocks(200_000, 2)), 0, true},
+		{"a slow mark lapses", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, 12), blocks(200_000, 2)), selection.SlowFor, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,6 +152,7 @@ func TestReportsMakeParentsBad(t *testing.T) {
 				}
 				e.report(pb, r)
 			}
+			e.clk.Advance(tt.later)
 			resp, err := e.s.GetCandidateParents(e.ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: b.PeerId, TaskId: taskID(1)})
 			if err != nil {
 				t.Fatal(err)

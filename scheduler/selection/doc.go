@@ -16,8 +16,8 @@
 //     relay them down a pipeline;
 //   - corrupt: a child reported a block from it that failed verification (ReasonCorrupt);
 //   - failing: its last MaxFailures or more requests failed in a row (ReasonFailing);
-//   - slow: its last block time is above mean + 3σ of its history (ReasonSlow, see
-//     Durations);
+//   - slow: its last block time is above mean + 3σ of its history, reported less than
+//     SlowFor ago (ReasonSlow, see Durations);
 //   - out of upload slots by its host's last report (ReasonNoFreeSlots). A host that
 //     announced no slot limit, or has not reported yet, has free slots.
 //

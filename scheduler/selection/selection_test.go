@@ -271,11 +271,16 @@ func TestDurations(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var d Durations
+			now := time.Unix(1e9, 0)
 			for _, s := range tt.samples {
-				d.Add(s)
+				now = now.Add(s)
+				d.Add(s, now)
 			}
-			if got := d.Slow(); got != tt.wantSlow {
+			if got := d.Slow(now); got != tt.wantSlow {
 				t.Fatalf("got slow %v (mean %v over %d); want %v", got, d.Mean(), d.Len(), tt.wantSlow)
+			}
+			if d.Slow(now.Add(SlowFor)) {
+				t.Errorf("still slow %v after the last block time; the mark lasts %v", SlowFor, SlowFor)
 			}
 		})
 	}
