@@ -184,8 +184,13 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 	if int64(len(buf)) < want {
 		return 0, fmt.Errorf("fetch %s: buffer of %d bytes for a %d-byte block", key, len(buf), want)
 	}
-	var lastErr error
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	var (
+		lastErr error
+		// Parents that are busy or do not hold the block yet are not failing: such answers
+		// count against a time limit, not against maxAttempts.
+		giveUp = f.now().Add(noParentTimeout)
+	)
+	for attempt := 0; attempt < maxAttempts; {
 		p, err := f.choose(ctx)
 		if err != nil {
 			if lastErr != nil {
@@ -210,6 +215,11 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 			return 0, fmt.Errorf("fetch %s: %w", key, ctx.Err())
 		}
 		lastErr = err
+		if !errors.Is(err, peer.ErrBusy) && !errors.Is(err, peer.ErrNotFound) {
+			attempt++
+		} else if f.now().After(giveUp) {
+			return 0, fmt.Errorf("fetch %s: %w for %v: %w", key, ErrNoParent, noParentTimeout, lastErr)
+		}
 	}
 	return 0, fmt.Errorf("fetch %s: %w after %d attempts: %w", key, ErrNoParent, maxAttempts, lastErr)
 }

@@ -98,7 +98,55 @@ func TestBlockTableAndErrors(t *testing.T) {
 	}
 }
 
-func TestBusyWhenEverySlotIsTaken(t *testing.T) {
+// bigHolder serves blocks of 16 MiB, more than the sockets between a server and a client
+// that does not read can buffer, so that sending one holds its upload slot.
+type bigHolder struct{ cache *blockcache.Cache }
+
+func (h *bigHolder) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
+	return h.cache.Get(ctx, layer.BlockKey{Task: id, Index: i}, blockcache.FillerFunc(func(_ context.Context, _ layer.BlockKey, buf []byte) (int, error) {
+		return len(buf), nil
+	}))
+}
+
+func (h *bigHolder) Table(context.Context, layer.TaskID, int) (wire.TablePart, error) {
+	return wire.TablePart{}, ErrNotHeld
+}
+
+func (h *bigHolder) Index(context.Context, layer.TaskID) ([]byte, error) { return nil, ErrNotHeld }
+
+func TestBusyWhenEverySlotIsSending(t *testing.T) {
+	c, err := blockcache.New(64<<20, blockcache.WithBlockSize(16<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, addr := serve(t, &bigHolder{cache: c}, WithSlots(1))
+	// A client that asks for a block and does not read it: the server's send blocks.
+	stuck, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	stuck.(*net.TCPConn).SetReadBuffer(4096)
+	if err := wire.WriteRequest(stuck, wire.Request{Op: wire.OpBlock, Task: task, Index: 1, Wait: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	client := NewClient()
+	defer client.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, st, err := client.Block(t.Context(), addr, task, 2, time.Second, make([]byte, 16<<20))
+		if errors.Is(err, ErrBusy) && st.FreeSlots == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("while the only slot sends: %v, state %+v; want ErrBusy with no free slot", err, st)
+		}
+		time.Sleep(20 * time.Millisecond) // the stuck send may not have begun yet
+	}
+}
+
+func TestWaitingHoldsNoSlot(t *testing.T) {
 	h := newHolder(t)
 	_, addr := serve(t, h, WithSlots(1))
 	c := NewClient()
@@ -108,10 +156,11 @@ func TestBusyWhenEverySlotIsTaken(t *testing.T) {
 		_, _, err := c.Block(t.Context(), addr, task, 1, 10*time.Second, make([]byte, 4096))
 		waiting <- err
 	}()
-	time.Sleep(50 * time.Millisecond) // the first request holds the only slot, waiting
-	_, st, err := c.Block(t.Context(), addr, task, 2, time.Second, make([]byte, 4096))
-	if !errors.Is(err, ErrBusy) || st.FreeSlots != 0 {
-		t.Fatalf("second request: %v, state %+v; want ErrBusy with no free slot", err, st)
+	time.Sleep(50 * time.Millisecond) // the first request waits for its block
+	// A block that is not held is answered at once, not "busy": the wait holds no slot.
+	_, st, err := c.Block(t.Context(), addr, task, 100, time.Second, make([]byte, 4096))
+	if !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second request: %v, state %+v; want ErrNotFound, not busy", err, st)
 	}
 	close(h.gate)
 	if err := <-waiting; err != nil {

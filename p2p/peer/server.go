@@ -34,8 +34,11 @@ type Holder interface {
 	Index(ctx context.Context, task layer.TaskID) ([]byte, error)
 }
 
-// DefaultSlots is the default number of requests a server handles at once.
+// DefaultSlots is the default number of answers a server sends at once.
 const DefaultSlots = 16
+
+// slotWait bounds how long an answer that is ready waits for an upload slot.
+const slotWait = time.Second
 
 // maxWait bounds how long a server waits for a block it is receiving, whatever the client asks.
 const maxWait = time.Minute
@@ -60,7 +63,7 @@ type Server struct {
 // ServerOption configures a Server.
 type ServerOption func(*Server)
 
-// WithSlots sets how many requests are served at once (default DefaultSlots).
+// WithSlots sets how many answers are sent at once (default DefaultSlots).
 func WithSlots(n int) ServerOption {
 	return func(s *Server) { s.slots = make(chan struct{}, max(n, 1)) }
 }
@@ -163,13 +166,15 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 }
 
 // handle answers one request; an error means the connection cannot go on.
+//
+// Upload slots bound what is being sent, not what is waiting: a request for a block this
+// node is still receiving holds no slot while it waits, so a parent that pipelines many
+// children's requests still answers "busy" only when its uplink is really shared out. A
+// request that finds every slot sending is answered busy at once, so the child asks another
+// parent; one that waited and then finds none waits up to slotWait for one.
 func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req wire.Request) error {
-	select {
-	case s.slots <- struct{}{}:
-		defer func() { <-s.slots }()
-	default:
-		c.SetWriteDeadline(time.Now().Add(ioTimeout))
-		return wire.WriteResponse(c, wire.ResponseHeader{Status: wire.StatusBusy, State: s.State()}, nil)
+	if len(s.slots) == cap(s.slots) {
+		return s.busy(c)
 	}
 	wctx, cancel := context.WithTimeout(s.ctx, min(req.Wait, maxWait))
 	defer cancel()
@@ -210,8 +215,26 @@ func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req w
 	if release != nil {
 		defer release()
 	}
+	slot := time.NewTimer(slotWait)
+	defer slot.Stop()
+	select {
+	case s.slots <- struct{}{}:
+		defer func() { <-s.slots }()
+	case <-slot.C:
+		return s.busy(c)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
 	c.SetWriteDeadline(time.Now().Add(ioTimeout))
 	return wire.WriteResponse(w, wire.ResponseHeader{Status: status, State: s.State(), Length: len(payload)}, payload)
+}
+
+// busy answers that every upload slot is sending.
+func (s *Server) busy(c net.Conn) error {
+	c.SetWriteDeadline(time.Now().Add(ioTimeout))
+	return wire.WriteResponse(c, wire.ResponseHeader{Status: wire.StatusBusy, State: s.State()}, nil)
 }
 
 func errorStatus(err error) (wire.Status, []byte) {

@@ -40,6 +40,13 @@ type task struct {
 // seed has read that message.
 const unknownTaskGrace = 5 * time.Second
 
+// notYetWait is how long a request for a block this node is receiving, but has not begun to
+// fetch, waits for the fetch to begin. A seed's pass produces blocks in order, so a request
+// to it waits as long as the requester allows; a peer fetches a window of blocks, so a block
+// it has not begun is likely far off, and the requester does better to ask someone else at
+// once. The short wait covers a child a step ahead of its parent's window in a tree.
+const notYetWait = 500 * time.Millisecond
+
 // New returns an empty record of blocks kept in cache.
 func New(cache *blockcache.Cache) *Registry {
 	return &Registry{cache: cache, tasks: make(map[layer.TaskID]*task), added: make(chan struct{})}
@@ -253,6 +260,7 @@ func (r *Registry) CompleteTable(id layer.TaskID) ([]layer.BlockDigest, bool) {
 // Block implements peer.Holder.
 func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
 	key := layer.BlockKey{Task: id, Index: i}
+	var notYet <-chan time.Time // for a block a peer has not begun to fetch
 	for {
 		t := r.lookup(ctx, id)
 		if t == nil {
@@ -264,7 +272,7 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 			return nil, fmt.Errorf("task %s has %d blocks, not %d: %w", id, len(t.digests), i+1, peer.ErrNotHeld)
 		}
 		held := i < len(t.held) && t.held[i]
-		refill, receiving, changed := t.refill, t.receiving, t.changed
+		refill, receiving, producer, changed := t.refill, t.receiving, t.producer, t.changed
 		r.mu.Unlock()
 
 		if held {
@@ -290,8 +298,15 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		if !receiving {
 			return nil, fmt.Errorf("block %s: %w", key, peer.ErrNotHeld)
 		}
+		if !producer && notYet == nil {
+			timer := time.NewTimer(notYetWait)
+			defer timer.Stop()
+			notYet = timer.C
+		}
 		select {
 		case <-changed:
+		case <-notYet:
+			return nil, fmt.Errorf("block %s: not being fetched yet: %w", key, peer.ErrNotHeld)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("block %s not received in time: %w", key, ctx.Err())
 		}

@@ -103,3 +103,30 @@ func TestBlockWaitsForALandingBlock(t *testing.T) {
 		t.Fatalf("evicted block: %v", err)
 	}
 }
+
+func TestBlockNotBegunByAPeer(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		setup    func(*Registry)
+		wantWait bool // waits until the caller's deadline rather than answering NotHeld soon
+	}{
+		{"a peer that has not begun the block answers soon", func(r *Registry) { r.Expect(id) }, false},
+		{"a seed pass waits for the block it will produce", func(r *Registry) { r.StartPass(id) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, _ := newRegistry(t)
+			tc.setup(r)
+			ctx, cancel := context.WithTimeout(t.Context(), 3*notYetWait)
+			defer cancel()
+			start := time.Now()
+			_, err := r.Block(ctx, id, 5)
+			took := time.Since(start)
+			switch {
+			case tc.wantWait && !errors.Is(err, context.DeadlineExceeded):
+				t.Fatalf("got %v after %v; want a wait until the deadline", err, took)
+			case !tc.wantWait && (!errors.Is(err, peer.ErrNotHeld) || took > 2*notYetWait):
+				t.Fatalf("got %v after %v; want ErrNotHeld after about %v", err, took, notYetWait)
+			}
+		})
+	}
+}
