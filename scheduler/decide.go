@@ -56,11 +56,14 @@ func (s *Scheduler) decide(p *peer, k int, excluded []string) []scored {
 	var out []scored
 	switch t.mode {
 	case ModeTree:
-		// The tree parent, unless it is bad or excluded; then the evaluator's best outside
-		// the peer's subtree.
+		// The tree parent, unless it is corrupt, failing or excluded; then the evaluator's
+		// best outside the peer's subtree. Slowness does not count here: a tree parent's
+		// pace is its own parent's, and children moved off it would load the uplinks of
+		// nodes that already serve FanOut children each.
 		treeParent, ok := t.tree.Parent(p)
 		if ok && !slices.Contains(excluded, treeParent.id) {
 			c := s.candidate(p, treeParent)
+			c.Slow = false
 			if !s.filter.Bad(&c) {
 				out = []scored{{treeParent, s.eval.Score(p.host.sel, &c)}}
 				break

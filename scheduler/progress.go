@@ -139,7 +139,7 @@ func (s *Scheduler) apply(ctx context.Context, p *peer, r *schedulerv1.ProgressR
 			if n := len(nb.Indexes); n > 0 && nb.FetchDurationUs > 0 {
 				parent.durations.Add(time.Duration(nb.FetchDurationUs/uint64(n))*time.Microsecond, s.opts.clock.Now())
 			}
-			if !wasBad && s.bad(parent) {
+			if !wasBad && s.bad(parent) && t.mode != ModeTree { // see decide: trees keep slow parents
 				log.G(ctx).WithFields(log.Fields{"task": t.id, "peer": parent.id, "mean": parent.durations.Mean()}).Info("parent slow: reparenting its children")
 				s.wentBad(ctx, parent)
 			}

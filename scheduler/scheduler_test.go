@@ -127,8 +127,8 @@ func TestReportsMakeParentsBad(t *testing.T) {
 		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, true},
 		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, 0, false},
 		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, 0, false},
-		{"slow block after a steady history", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, 12), blocks(200_000, 2)), 0, true},
-		{"a slow mark lapses", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, 12), blocks(200_000, 2)), selection.SlowFor, false},
+		{"slow block after a steady history", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, selection.MinSamples+2), blocks(200_000, 2)), 0, true},
+		{"a slow mark lapses", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, selection.MinSamples+2), blocks(200_000, 2)), selection.SlowFor, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -160,6 +160,51 @@ func TestReportsMakeParentsBad(t *testing.T) {
 			gotSrc := slices.Contains(ids(resp.Candidates), src.PeerId)
 			if gotSrc == tt.wantBad {
 				t.Fatalf("got candidates %v; want the source peer %s offered: %v", ids(resp.Candidates), src.PeerId, !tt.wantBad)
+			}
+		})
+	}
+}
+
+// TestTreeKeepsASlowParent: in a tree, a slow parent keeps its children (moving them would
+// load other nodes' uplinks); a corrupt one does not.
+func TestTreeKeepsASlowParent(t *testing.T) {
+	for _, tt := range []struct {
+		name     string
+		last     *schedulerv1.ProgressReport
+		wantKept bool
+	}{
+		{"slow", &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_NewBlocks{NewBlocks: &schedulerv1.NewBlocks{Indexes: []uint32{2}, FetchDurationUs: 200_000}}}, true},
+		{"corrupt", &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_BlockFailure{BlockFailure: &schedulerv1.BlockFailure{Reason: schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH}}}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, WithTopology(ModeTree, 2))
+			for _, h := range []string{"src", "a", "b"} {
+				e.announce(h, normal)
+			}
+			src := e.register("src", taskID(1), true)
+			e.register("a", taskID(1), true)
+			b := e.register("b", taskID(1), true)
+			if !slices.Equal(ids(b.Candidates), []string{src.PeerId}) {
+				t.Fatalf("got %v; want the tree parent %s", ids(b.Candidates), src.PeerId)
+			}
+			pb := e.open(b.PeerId, taskID(1))
+			steady := &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_NewBlocks{NewBlocks: &schedulerv1.NewBlocks{Indexes: []uint32{1}, FetchDurationUs: 10_000, ParentPeerId: src.PeerId}}}
+			for range selection.MinSamples + 2 {
+				e.report(pb, steady)
+			}
+			if nb := tt.last.GetNewBlocks(); nb != nil {
+				nb.ParentPeerId = src.PeerId
+			}
+			if bf := tt.last.GetBlockFailure(); bf != nil {
+				bf.ParentPeerId = src.PeerId
+			}
+			e.report(pb, tt.last)
+			resp, err := e.s.GetCandidateParents(e.ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: b.PeerId, TaskId: taskID(1)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept := slices.Equal(ids(resp.Candidates), []string{src.PeerId}); kept != tt.wantKept {
+				t.Fatalf("got candidates %v; want only the tree parent %s: %v", ids(resp.Candidates), src.PeerId, tt.wantKept)
 			}
 		})
 	}

@@ -7,8 +7,10 @@ import (
 
 // Slowness thresholds of Durations.
 const (
-	// MinSamples is the history a parent needs before the mean + 3σ rule applies.
-	MinSamples = 10
+	// MinSamples is the history a parent needs before the mean + 3σ rule applies
+	// (Dragonfly's normalDistributionLen): with fewer, block times that vary with the
+	// parent's number of children look abnormal.
+	MinSamples = 30
 	// fewSamplesFactor: with 2 to MinSamples-1 samples, a block slower than this many
 	// times the mean is abnormal (Dragonfly's rule for short histories).
 	fewSamplesFactor = 20

@@ -263,10 +263,10 @@ func TestDurations(t *testing.T) {
 		{"one sample", []time.Duration{time.Second}, false},
 		{"short history, 5x the mean: fine", []time.Duration{10 * ms, 10 * ms, 50 * ms}, false},
 		{"short history, 30x the mean: slow", []time.Duration{10 * ms, 10 * ms, 300 * ms}, true},
-		{"long history, within 3σ", append(steady(20, 10*ms), 12*ms), false},
-		{"long history, above mean + 3σ", append(steady(20, 10*ms), 20*ms), true},
-		{"regular times, one slightly slower block is not slow", append(repeat(20, 10*ms), 11*ms), false},
-		{"recovers with the next normal block", append(steady(20, 10*ms), 50*ms, 11*ms), false},
+		{"long history, within 3σ", append(steady(MinSamples+10, 10*ms), 12*ms), false},
+		{"long history, above mean + 3σ", append(steady(MinSamples+10, 10*ms), 20*ms), true},
+		{"regular times, one slightly slower block is not slow", append(repeat(MinSamples+10, 10*ms), 11*ms), false},
+		{"recovers with the next normal block", append(steady(MinSamples+10, 10*ms), 50*ms, 11*ms), false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
