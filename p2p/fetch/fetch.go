@@ -273,9 +273,10 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 		p.until, p.unreached = now.Add(busyBackoff), false
 		return ReasonBusy
 	case errors.Is(*err, peer.ErrNotFound):
-		// It does not hold the block (evicted, or not received yet): try others for a moment,
-		// and leave it out when asking the scheduler for more meanwhile.
-		p.until, p.unreached = now.Add(notFoundBackoff), true
+		// It does not hold the block (evicted, or not received yet): try others for a moment.
+		// It stays a candidate when asking the scheduler for more: a parent a little behind
+		// is normal in a pipeline, and in a tree it is the only parent.
+		p.until, p.unreached = now.Add(notFoundBackoff), false
 		return ReasonNotFound
 	case ctx.Err() == nil && errors.Is(*err, context.DeadlineExceeded):
 		p.until, p.unreached = now.Add(cooldown), true

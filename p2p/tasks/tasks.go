@@ -40,12 +40,12 @@ type task struct {
 // seed has read that message.
 const unknownTaskGrace = 5 * time.Second
 
-// notYetWait is how long a request for a block this node is receiving, but has not begun to
-// fetch, waits for the fetch to begin. A seed's pass produces blocks in order, so a request
-// to it waits as long as the requester allows; a peer fetches a window of blocks, so a block
-// it has not begun is likely far off, and the requester does better to ask someone else at
-// once. The short wait covers a child a step ahead of its parent's window in a tree.
-const notYetWait = 500 * time.Millisecond
+// nearAhead is how far past the furthest block a peer holds a request waits for it. A seed's
+// pass produces blocks in order, so a request to it waits as long as the requester allows. A
+// peer fetches a window of blocks in order: a block within two windows of its furthest one
+// will come soon, and a child in a tree, whose only parent it is, should wait for it; one
+// further off will not, and the requester does better to ask someone else at once.
+const nearAhead = 32
 
 // New returns an empty record of blocks kept in cache.
 func New(cache *blockcache.Cache) *Registry {
@@ -260,7 +260,6 @@ func (r *Registry) CompleteTable(id layer.TaskID) ([]layer.BlockDigest, bool) {
 // Block implements peer.Holder.
 func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
 	key := layer.BlockKey{Task: id, Index: i}
-	var notYet <-chan time.Time // for a block a peer has not begun to fetch
 	for {
 		t := r.lookup(ctx, id)
 		if t == nil {
@@ -272,7 +271,8 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 			return nil, fmt.Errorf("task %s has %d blocks, not %d: %w", id, len(t.digests), i+1, peer.ErrNotHeld)
 		}
 		held := i < len(t.held) && t.held[i]
-		refill, receiving, producer, changed := t.refill, t.receiving, t.producer, t.changed
+		refill, receiving, changed := t.refill, t.receiving, t.changed
+		near := t.producer || i < len(t.held)+nearAhead
 		r.mu.Unlock()
 
 		if held {
@@ -298,15 +298,11 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		if !receiving {
 			return nil, fmt.Errorf("block %s: %w", key, peer.ErrNotHeld)
 		}
-		if !producer && notYet == nil {
-			timer := time.NewTimer(notYetWait)
-			defer timer.Stop()
-			notYet = timer.C
+		if !near {
+			return nil, fmt.Errorf("block %s: far ahead of what this peer holds: %w", key, peer.ErrNotHeld)
 		}
 		select {
 		case <-changed:
-		case <-notYet:
-			return nil, fmt.Errorf("block %s: not being fetched yet: %w", key, peer.ErrNotHeld)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("block %s not received in time: %w", key, ctx.Err())
 		}
