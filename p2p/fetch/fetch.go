@@ -86,6 +86,12 @@ const (
 	noParentTimeout = time.Minute
 )
 
+// MaxPerParent bounds the requests in flight to one parent. A parent sends what it is asked
+// for at once, sharing its uplink: sixteen blocks asked together each take sixteen times as
+// long to complete, and a block is passed on only once complete, so every hop of a tree would
+// add that much delay. A few keep the parent's uplink busy.
+const MaxPerParent = 4
+
 // ErrNoParent means no parent could deliver a block.
 var ErrNoParent = errors.New("no parent could deliver the block")
 
@@ -102,6 +108,7 @@ type Fetcher struct {
 	mu      sync.Mutex
 	rng     *rand.Rand
 	known   map[string]*parentState
+	freed   chan struct{} // closed and replaced when a request ends
 	digests []layer.BlockDigest // verified digests known, a prefix of the table
 	total   int                 // blocks in the task; -1 while unknown
 	tableMu sync.Mutex          // one digest request at a time
@@ -148,7 +155,7 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 	}
 	f := &Fetcher{
 		client: client, task: task, parents: src, wait: DefaultWait, now: time.Now,
-		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState),
+		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState), freed: make(chan struct{}),
 		digests: task.Digests, total: total,
 	}
 	for _, o := range opts {
@@ -258,6 +265,8 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p.inflight--
+	close(f.freed)
+	f.freed = make(chan struct{})
 	now := f.now()
 	switch {
 	case *err == nil && n != want:
@@ -311,13 +320,23 @@ func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
 	var giveUp time.Time
 	for {
 		f.mu.Lock()
-		p, next := f.pickLocked()
+		p, next, full := f.pickLocked()
 		if p != nil {
 			p.inflight++
 			f.mu.Unlock()
 			return p, nil
 		}
+		freed := f.freed
 		f.mu.Unlock()
+		if full {
+			// Every usable parent has MaxPerParent requests in flight: wait for one to end.
+			select {
+			case <-freed:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
+		}
 		if !refreshed {
 			refreshed = true
 			if err := f.refresh(ctx); err != nil {
@@ -348,12 +367,12 @@ func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
 }
 
 // pickLocked returns a usable parent, or, if none, when the first set-aside one is usable
-// again (zero if none will be).
-func (f *Fetcher) pickLocked() (*parentState, time.Time) {
+// again (zero if none will be) and whether some are usable but have MaxPerParent requests in
+// flight.
+func (f *Fetcher) pickLocked() (_ *parentState, next time.Time, full bool) {
 	now := f.now()
 	var (
 		total float64
-		next  time.Time
 		cands []*parentState
 		ws    []float64
 	)
@@ -367,6 +386,10 @@ func (f *Fetcher) pickLocked() (*parentState, time.Time) {
 			}
 			continue
 		}
+		if p.inflight >= MaxPerParent {
+			full = true
+			continue
+		}
 		w := p.rate / float64(1+p.inflight)
 		if p.freeSlots == 0 {
 			w /= 4 // it reported no free slot last time; it may have one now
@@ -376,16 +399,16 @@ func (f *Fetcher) pickLocked() (*parentState, time.Time) {
 		total += w
 	}
 	if len(cands) == 0 {
-		return nil, next
+		return nil, next, full
 	}
 	x := f.rng.Float64() * total
 	for i, w := range ws {
 		if x < w {
-			return cands[i], time.Time{}
+			return cands[i], time.Time{}, false
 		}
 		x -= w
 	}
-	return cands[len(cands)-1], time.Time{}
+	return cands[len(cands)-1], time.Time{}, false
 }
 
 // refresh asks the ParentSource for candidates, excluding bad parents and those set aside

@@ -331,3 +331,59 @@ func TestInFlightBlockIsServedWithoutRefetch(t *testing.T) {
 		t.Errorf("the seed refilled %d blocks; the in-flight block should be served as it landed", n)
 	}
 }
+
+// countingHolder records the most Block calls it had at once.
+type countingHolder struct {
+	peer.Holder
+	mu        sync.Mutex
+	now, most int
+}
+
+func (h *countingHolder) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
+	h.mu.Lock()
+	h.now++
+	h.most = max(h.most, h.now)
+	h.mu.Unlock()
+	defer func() {
+		h.mu.Lock()
+		h.now--
+		h.mu.Unlock()
+	}()
+	time.Sleep(10 * time.Millisecond) // so that requests overlap
+	return h.Holder.Block(ctx, id, i)
+}
+
+func TestRequestsToOneParentAreBounded(t *testing.T) {
+	tt := newTestTask(32 * blockSize)
+	var counter *countingHolder
+	seed := newNode(t, "seed", func(r *tasks.Registry) peer.Holder {
+		counter = &countingHolder{Holder: r}
+		return counter
+	})
+	tt.seed(t, seed, nil)
+	child := newNode(t, "child", nil)
+	child.registry.Expect(tt.id)
+	f, err := fetch.New(peer.NewClient(), fetch.Task{ID: tt.id, Size: int64(len(tt.data)), BlockSize: blockSize},
+		parents{{ID: "seed", Addr: seed.addr, Vouches: true}}, fetch.WithLanding(child.registry))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range tt.table.Count() { // every block at once
+		wg.Go(func() {
+			b, err := child.cache.Get(t.Context(), layer.BlockKey{Task: tt.id, Index: i}, f)
+			if err != nil {
+				t.Errorf("block %d: %v", i, err)
+				return
+			}
+			if !bytes.Equal(b.Bytes(), tt.block(i)) {
+				t.Errorf("block %d: wrong bytes", i)
+			}
+			b.Release()
+		})
+	}
+	wg.Wait()
+	if counter.most > fetch.MaxPerParent || counter.most < 2 {
+		t.Fatalf("the parent had up to %d requests at once; want 2 to %d", counter.most, fetch.MaxPerParent)
+	}
+}
