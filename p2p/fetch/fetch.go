@@ -108,7 +108,7 @@ type Fetcher struct {
 	mu      sync.Mutex
 	rng     *rand.Rand
 	known   map[string]*parentState
-	freed   chan struct{} // closed and replaced when a request ends
+	freed   chan struct{}       // closed and replaced when a request ends
 	digests []layer.BlockDigest // verified digests known, a prefix of the table
 	total   int                 // blocks in the task; -1 while unknown
 	tableMu sync.Mutex          // one digest request at a time
