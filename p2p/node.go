@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"slices"
 	"sync"
@@ -51,6 +52,13 @@ type Scheduler interface {
 	// vouch for it), or is seeding it.
 	Holding(ctx context.Context, task layer.TaskID, size int64) error
 }
+
+// bandWindows is how many windows ahead of its reader a Warm may fetch out of order (see
+// rarestFirst); heldInterval how often it asks its parents which blocks they hold.
+const (
+	bandWindows  = 4
+	heldInterval = 200 * time.Millisecond
+)
 
 // Node is this node's P2P side. It is safe for concurrent use.
 type Node struct {
@@ -294,9 +302,10 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 	return nil
 }
 
-// warmPipelined fetches task front to back while its size is not known yet, a window of
-// blocks ahead, each checked against the digest its producer published; the stream ends at a
-// short block or where the producer says. It checks the whole against the task's digest and
+// warmPipelined fetches task while its size is not known yet, n.window blocks at a time in
+// the order rarestFirst chooses within a band ahead of the reader, each checked against the
+// digest its producer published; the stream ends at a short block or where the producer
+// says. It reads the blocks front to back, checks the whole against the task's digest and
 // returns its block table.
 func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.BlockTable, error) {
 	bs := int64(n.cache.BlockSize())
@@ -312,37 +321,57 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.Bloc
 		cancel()
 		wg.Wait()
 	}()
-	slots := make(chan struct{}, n.window)
-	next := 0
-	ahead := func(upTo int) {
-		for next < upTo {
-			if t := f.Total(); t >= 0 && next >= t {
+
+	var (
+		mu       sync.Mutex // guards order, reader and inflight
+		order    = newRarestFirst(bandWindows*n.window, rand.Uint64())
+		reader   int // the block the reader is at
+		inflight int
+		launch   func()
+	)
+	launch = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for inflight < n.window && pctx.Err() == nil {
+			i, ok := order.next(reader, f.Total(), f.Holders)
+			if !ok {
 				return
 			}
-			select {
-			case slots <- struct{}{}:
-			default:
-				return
-			}
-			key := layer.BlockKey{Task: task, Index: next}
-			next++
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-slots }()
-				if b, err := n.cache.Get(pctx, key, f); err == nil {
+			inflight++
+			wg.Go(func() {
+				if b, err := n.cache.Get(pctx, layer.BlockKey{Task: task, Index: i}, f); err == nil {
 					b.Release()
-				}
-			}()
+				} // a failed block is fetched again when the reader gets to it
+				mu.Lock()
+				inflight--
+				mu.Unlock()
+				launch()
+			})
 		}
 	}
+	wg.Go(func() { // what the parents hold decides the order
+		tick := time.NewTicker(heldInterval)
+		defer tick.Stop()
+		for {
+			f.UpdateHeld(pctx)
+			launch()
+			select {
+			case <-pctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	})
 	table := layer.BlockTable{BlockSize: bs}
 	hash := digest.Canonical.Digester()
 	for i := 0; ; i++ {
 		if t := f.Total(); t >= 0 && i >= t {
 			break
 		}
-		ahead(i + 1 + n.window)
+		mu.Lock()
+		reader = i
+		mu.Unlock()
+		launch()
 		key := layer.BlockKey{Task: task, Index: i}
 		b, err := n.cache.Get(ctx, key, f)
 		if errors.Is(err, fetch.ErrPastEnd) {

@@ -122,6 +122,7 @@ type parentState struct {
 	bad       bool      // sent a corrupt block: never again for this task
 	until     time.Time // set aside until then
 	unreached bool      // set aside because it could not be reached, stalled, or lacked a block
+	held      []byte    // the blocks it held when last asked (UpdateHeld), nil if not known
 
 	noDigestsUntil time.Time // it had no digests to give; not asked for them until then
 }
@@ -198,7 +199,7 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		giveUp = f.now().Add(noParentTimeout)
 	)
 	for attempt := 0; attempt < maxAttempts; {
-		p, err := f.choose(ctx)
+		p, err := f.choose(ctx, key.Index)
 		if err != nil {
 			if lastErr != nil {
 				err = fmt.Errorf("%w (last failure: %w)", err, lastErr)
@@ -311,16 +312,16 @@ func (f *Fetcher) markBad(p *parentState) {
 	f.mu.Unlock()
 }
 
-// choose picks a parent for one request by weighted random, asking the ParentSource for
-// more when none is usable, and waiting when there is none (the scheduler may be finding the
-// task a new source) or only parents set aside, for up to noParentTimeout.
-func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
+// choose picks a parent for a request of block i by weighted random, asking the ParentSource
+// for more when none is usable, and waiting when there is none (the scheduler may be finding
+// the task a new source) or only parents set aside, for up to noParentTimeout.
+func (f *Fetcher) choose(ctx context.Context, i int) (*parentState, error) {
 	refreshed := false
 	backoff := 50 * time.Millisecond
 	var giveUp time.Time
 	for {
 		f.mu.Lock()
-		p, next, full := f.pickLocked()
+		p, next, full := f.pickLocked(i)
 		if p != nil {
 			p.inflight++
 			f.mu.Unlock()
@@ -366,10 +367,12 @@ func (f *Fetcher) choose(ctx context.Context) (*parentState, error) {
 	}
 }
 
-// pickLocked returns a usable parent, or, if none, when the first set-aside one is usable
-// again (zero if none will be) and whether some are usable but have MaxPerParent requests in
-// flight.
-func (f *Fetcher) pickLocked() (_ *parentState, next time.Time, full bool) {
+// pickLocked returns a usable parent for block i, or, if none, when the first set-aside one is
+// usable again (zero if none will be) and whether some are usable but have MaxPerParent
+// requests in flight. A parent weighs its measured rate shared by its requests in flight,
+// much less when it reported no free slot, and much less when its last bitmap lacked block
+// i (it may have it since, or be about to: asking it then waits for it).
+func (f *Fetcher) pickLocked(i int) (_ *parentState, next time.Time, full bool) {
 	now := f.now()
 	var (
 		total float64
@@ -394,6 +397,9 @@ func (f *Fetcher) pickLocked() (_ *parentState, next time.Time, full bool) {
 		if p.freeSlots == 0 {
 			w /= 4 // it reported no free slot last time; it may have one now
 		}
+		if p.held != nil && !hasBit(p.held, i) {
+			w /= 16
+		}
 		cands = append(cands, p)
 		ws = append(ws, w)
 		total += w
@@ -409,6 +415,59 @@ func (f *Fetcher) pickLocked() (_ *parentState, next time.Time, full bool) {
 		x -= w
 	}
 	return cands[len(cands)-1], time.Time{}, false
+}
+
+// UpdateHeld asks every parent in use which blocks it holds now (wire.OpHeld), for
+// pickLocked and Holders. A parent that does not answer keeps what it said before.
+func (f *Fetcher) UpdateHeld(ctx context.Context) {
+	f.mu.Lock()
+	ps := make([]*parentState, 0, len(f.known))
+	for _, p := range f.known {
+		if !p.bad {
+			ps = append(ps, p)
+		}
+	}
+	f.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(func() {
+			rctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			bits, _, err := f.client.Held(rctx, p.Addr, f.task.ID)
+			if err != nil {
+				return
+			}
+			f.mu.Lock()
+			p.held = bits
+			f.mu.Unlock()
+		})
+	}
+	wg.Wait()
+}
+
+// Holders returns how many usable parents held block i when last asked (UpdateHeld).
+func (f *Fetcher) Holders(i int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, p := range f.known {
+		if !p.bad && hasBit(p.held, i) {
+			n++
+		}
+	}
+	return n
+}
+
+// DigestsKnown returns how many blocks, from the first, have digests known here: those that
+// exist, while a producer's pass is still running.
+func (f *Fetcher) DigestsKnown() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.digests)
+}
+
+func hasBit(bits []byte, i int) bool {
+	return i >= 0 && i/8 < len(bits) && bits[i/8]&(1<<(i%8)) != 0
 }
 
 // refresh asks the ParentSource for candidates, excluding bad parents and those set aside

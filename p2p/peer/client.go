@@ -138,6 +138,21 @@ func (c *Client) Index(ctx context.Context, addr string, task layer.TaskID, wait
 	return x, st, nil
 }
 
+// Held asks the peer at addr which of task's blocks it holds: a bitmap, bit i%8 of byte i/8
+// for block i (wire.OpHeld).
+func (c *Client) Held(ctx context.Context, addr string, task layer.TaskID) ([]byte, wire.State, error) {
+	var bits []byte
+	st, err := c.do(ctx, addr, wire.Request{Op: wire.OpHeld, Task: task}, func(h wire.ResponseHeader, r io.Reader) error {
+		bits = make([]byte, h.Length)
+		_, err := io.ReadFull(r, bits)
+		return err
+	})
+	if err != nil {
+		return nil, st, fmt.Errorf("peer %s: blocks held of %s: %w", addr, task, err)
+	}
+	return bits, st, nil
+}
+
 // do sends req on a pooled connection and hands an OK answer's payload to read. The
 // connection goes back to the pool only after a whole, well-formed exchange.
 func (c *Client) do(ctx context.Context, addr string, req wire.Request, read func(wire.ResponseHeader, io.Reader) error) (wire.State, error) {

@@ -34,6 +34,14 @@ type Holder interface {
 	Index(ctx context.Context, task layer.TaskID) ([]byte, error)
 }
 
+// HeldReporter is a Holder that can also say which blocks of a task it holds; a Server of a
+// Holder that is not one answers "not found" to wire.OpHeld.
+type HeldReporter interface {
+	// Held returns a bitmap of the blocks of task held now: bit i%8 of byte i/8 for block i.
+	// It returns an error wrapping ErrNotHeld for a task this node does not know.
+	Held(task layer.TaskID) ([]byte, error)
+}
+
 // DefaultSlots is the default number of answers a server sends at once.
 const DefaultSlots = 16
 
@@ -211,6 +219,18 @@ func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req w
 			break
 		}
 		payload = x
+	case wire.OpHeld:
+		hr, ok := s.holder.(HeldReporter)
+		if !ok {
+			status, payload = wire.StatusNotFound, []byte("this peer does not report the blocks it holds")
+			break
+		}
+		bits, err := hr.Held(req.Task)
+		if err != nil {
+			status, payload = errorStatus(err)
+			break
+		}
+		payload = bits
 	}
 	if release != nil {
 		defer release()

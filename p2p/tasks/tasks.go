@@ -350,4 +350,25 @@ func (r *Registry) Table(ctx context.Context, id layer.TaskID, from int) (wire.T
 	}
 }
 
-var _ peer.Holder = (*Registry)(nil)
+// Held implements peer.HeldReporter: the blocks of id this node has received or produced
+// and not lost (a complete task with a refill holds them all).
+func (r *Registry) Held(id layer.TaskID) ([]byte, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.tasks[id]
+	if t == nil {
+		return nil, fmt.Errorf("task %s: %w", id, peer.ErrNotHeld)
+	}
+	bits := make([]byte, (len(t.held)+7)/8)
+	for i, h := range t.held {
+		if h {
+			bits[i/8] |= 1 << (i % 8)
+		}
+	}
+	return bits, nil
+}
+
+var (
+	_ peer.Holder       = (*Registry)(nil)
+	_ peer.HeldReporter = (*Registry)(nil)
+)

@@ -33,6 +33,10 @@ const (
 	OpTable Op = 2
 	// OpIndex asks for the task's layer index (layer.Index, encoded); Index is ignored.
 	OpIndex Op = 3
+	// OpHeld asks which of the task's blocks the peer holds, now: the answer is a bitmap,
+	// bit i%8 (least significant first) of byte i/8 set for block i; Index and Wait are
+	// ignored.
+	OpHeld Op = 4
 )
 
 // Status is the outcome of a request.
@@ -130,7 +134,7 @@ func ReadRequest(r *bufio.Reader) (Request, error) {
 		return Request{}, fmt.Errorf("read request: version %d, want %d: %w", head[4], Version, ErrMalformed)
 	}
 	op := Op(head[5])
-	if op != OpBlock && op != OpTable && op != OpIndex {
+	if op < OpBlock || op > OpHeld {
 		return Request{}, fmt.Errorf("read request: unknown op %d: %w", op, ErrMalformed)
 	}
 	n := int(binary.BigEndian.Uint16(head[6:]))
