@@ -41,6 +41,9 @@ type Options struct {
 	CacheSize, BlockSize string
 	// Topology is the schedulers' mode, "dag" or "tree" ("" for their default).
 	Topology string
+	// SchedulerConfig, if set, is a p2p-scheduler TOML file every scheduler reads (--config);
+	// the options above still win.
+	SchedulerConfig string
 	// Dir holds the daemons' roots and logs.
 	Dir string
 	// Race builds the binaries with the race detector.
@@ -123,6 +126,9 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 		argv := []string{filepath.Join(c.bin, "p2p-scheduler"), "--address", addr, "--log-level", "debug"}
 		if o.Topology != "" {
 			argv = append(argv, "--topology", o.Topology)
+		}
+		if o.SchedulerConfig != "" {
+			argv = append(argv, "--config", o.SchedulerConfig)
 		}
 		p, err := h.Start(context.WithoutCancel(ctx), logPath, argv...) // lives until Close
 		if err != nil {

@@ -57,21 +57,22 @@ import (
 var allModes = []string{"tree", "dag"}
 
 type config struct {
-	peers   []int
-	modes   []string
-	runs    int
-	size    int64  // bytes of the random file
-	block   int64  // block size
-	cache   int64  // each daemon's cache; 0 for size + 64 MiB
-	rate    uint64 // bits/s of frames, every capped link, each way
-	rateArg string
-	dir     string
-	keep    bool
-	json    bool
-	lab     string
-	subnet  netip.Prefix
-	timeout time.Duration
-	src     string // one of allSources
+	schedConfig string
+	peers       []int
+	modes       []string
+	runs        int
+	size        int64  // bytes of the random file
+	block       int64  // block size
+	cache       int64  // each daemon's cache; 0 for size + 64 MiB
+	rate        uint64 // bits/s of frames, every capped link, each way
+	rateArg     string
+	dir         string
+	keep        bool
+	json        bool
+	lab         string
+	subnet      netip.Prefix
+	timeout     time.Duration
+	src         string // one of allSources
 	// source describes what the daemons were built from, for the report.
 	source string
 }
@@ -89,6 +90,7 @@ func main() {
 	flag.StringVar(&cfg.dir, "dir", "/var/tmp/distbench", "directory for the runs' daemon roots, logs and binaries")
 	flag.BoolVar(&cfg.keep, "keep", false, "keep each run's directory (logs, daemon roots) instead of removing it")
 	flag.BoolVar(&cfg.json, "json", false, "print the results as JSON on stdout instead of the table (they are in DIR/results.json either way)")
+	flag.StringVar(&cfg.schedConfig, "scheduler-config", "", "p2p-scheduler TOML file for the scheduler (its topology mode is -modes')")
 	flag.StringVar(&cfg.lab, "lab", "dbench", "netlab lab name (at most 6 characters, no '-')")
 	flag.StringVar(&subnet, "subnet", "10.214.0.0/24", "private IPv4 subnet of the lab; must be unused here")
 	flag.DurationVar(&cfg.timeout, "timeout", 15*time.Minute, "limit on one run's distribution")

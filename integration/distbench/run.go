@@ -120,7 +120,7 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 		Name: cfg.lab, Subnet: cfg.subnet, Peers: n, Seeds: 1,
 		Limits: limits, RegistryLimits: limits,
 		CacheSize: strconv.FormatInt(cache, 10), BlockSize: strconv.FormatInt(cfg.block, 10),
-		Topology: mode, Dir: dir,
+		Topology: mode, SchedulerConfig: cfg.schedConfig, Dir: dir,
 	})
 	os.Stderr = stderr
 	defer func() {
