@@ -24,7 +24,8 @@ var ErrNotHeld = errors.New("not held by this peer")
 type Holder interface {
 	// Block returns block index of task, pinned (the caller releases it). For a block this
 	// node is still receiving it waits until the block lands or ctx ends. It returns an
-	// error wrapping ErrNotHeld for what the node will not have.
+	// error wrapping ErrNotHeld for what the node will not have, and one wrapping ErrBusy
+	// for what it will not serve now.
 	Block(ctx context.Context, task layer.TaskID, index int) (*blockcache.Block, error)
 	// Table returns the digests of task's blocks from index from on that this node can vouch
 	// for. When it has none past from yet but expects some, it waits until ctx ends.
@@ -259,6 +260,8 @@ func (s *Server) busy(c net.Conn) error {
 
 func errorStatus(err error) (wire.Status, []byte) {
 	switch {
+	case errors.Is(err, ErrBusy):
+		return wire.StatusBusy, []byte(err.Error())
 	case errors.Is(err, ErrNotHeld), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return wire.StatusNotFound, []byte(err.Error())
 	}

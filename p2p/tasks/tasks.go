@@ -27,6 +27,7 @@ type task struct {
 	producer  bool   // this node's seed pass produces the task's digests
 	relaying  bool   // this node passes on digests it got from a producer
 	held      []bool // by block index; grows as blocks land
+	served    []int  // by block index: copies served while this node's pass runs
 	digests   []layer.BlockDigest
 	complete  bool              // digests is the whole, verified table
 	refill    blockcache.Filler // refills evicted blocks, or nil
@@ -46,6 +47,13 @@ const unknownTaskGrace = 5 * time.Second
 // will come soon, and a child in a tree, whose only parent it is, should wait for it; one
 // further off will not, and the requester does better to ask someone else at once.
 const nearAhead = 32
+
+// passCopies is how many copies of a block a seed serves while its pass still runs; a later
+// request is answered busy, so the requester takes the block from a peer that has it. A
+// seed's uplink is the scarcest there is while it reads the registry: every copy of a block
+// it sends twice is one block less of the stream its children get (BitTorrent's
+// super-seeding). Two, so that both children of a binary tree's root get each block.
+const passCopies = 2
 
 // New returns an empty record of blocks kept in cache.
 func New(cache *blockcache.Cache) *Registry {
@@ -273,6 +281,16 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		held := i < len(t.held) && t.held[i]
 		refill, receiving, changed := t.refill, t.receiving, t.changed
 		near := t.producer || i < len(t.held)+nearAhead
+		if held && t.producer && !t.complete {
+			if i >= len(t.served) {
+				t.served = append(t.served, make([]int, i+1-len(t.served))...)
+			}
+			if t.served[i] >= passCopies {
+				r.mu.Unlock()
+				return nil, fmt.Errorf("block %s: served %d times while the pass runs: %w", key, passCopies, peer.ErrBusy)
+			}
+			t.served[i]++
+		}
 		r.mu.Unlock()
 
 		if held {

@@ -125,3 +125,35 @@ func TestBlockFarAheadOfAPeer(t *testing.T) {
 		})
 	}
 }
+
+func TestPassServesFewCopies(t *testing.T) {
+	r, c := newRegistry(t)
+	r.StartPass(id)
+	key := layer.BlockKey{Task: id, Index: 0}
+	w, err := c.Begin(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Commit(copy(w.Buffer(), "block 0"))
+	d := layer.DigestBlock([]byte("block 0"))
+	if err := r.Produced(id, 0, d); err != nil {
+		t.Fatal(err)
+	}
+	for i := range passCopies + 1 {
+		b, err := r.Block(shortCtx(t), id, 0)
+		switch {
+		case i < passCopies && err != nil:
+			t.Fatalf("copy %d while the pass runs: %v", i+1, err)
+		case i < passCopies:
+			b.Release()
+		case !errors.Is(err, peer.ErrBusy):
+			t.Fatalf("copy %d while the pass runs: %v; want ErrBusy", i+1, err)
+		}
+	}
+	r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 7, Digests: []layer.BlockDigest{d}}, nil)
+	b, err := r.Block(shortCtx(t), id, 0)
+	if err != nil {
+		t.Fatalf("after the pass: %v", err)
+	}
+	b.Release()
+}
