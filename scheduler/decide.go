@@ -160,7 +160,7 @@ func (s *Scheduler) candidate(p, c *peer) selection.Candidate {
 		Self:       c == p,
 		Corrupt:    c.corrupt,
 		Failures:   c.failures,
-		Slow:       c.durations.Slow(s.opts.clock.Now()),
+		Slow:       s.slow(c),
 		BlocksHeld: c.heldCount,
 		BlockCount: int(t.blockCount),
 		Complete:   complete,

@@ -215,7 +215,14 @@ func (s *Scheduler) parentOf(p *peer, id string) *peer {
 
 // bad reports whether c is a parent to replace: corrupt, failing or slow. The caller holds mu.
 func (s *Scheduler) bad(c *peer) bool {
-	return s.filter.Bad(&selection.Candidate{Corrupt: c.corrupt, Failures: c.failures, Slow: c.durations.Slow(s.opts.clock.Now())})
+	return s.filter.Bad(&selection.Candidate{Corrupt: c.corrupt, Failures: c.failures, Slow: s.slow(c)})
+}
+
+// slow reports whether c's block times mark it slow. A source never is: it goes at its
+// registry's pace, no one else has the blocks it is reading yet, and its children's block
+// times grow with their number. The caller holds mu.
+func (s *Scheduler) slow(c *peer) bool {
+	return !c.source && c.durations.Slow(s.opts.clock.Now())
 }
 
 // wentBad gives new parents to the children of a parent that just went bad, and, if it was

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"google.golang.org/protobuf/proto"
 
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/clock"
@@ -116,19 +117,22 @@ func TestReportsMakeParentsBad(t *testing.T) {
 	blocks := func(us uint64, idx ...uint32) *schedulerv1.ProgressReport {
 		return &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_NewBlocks{NewBlocks: &schedulerv1.NewBlocks{Indexes: idx, FetchDurationUs: us}}}
 	}
+	slowHistory := append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, selection.MinSamples+2), blocks(200_000, 2))
 	tests := []struct {
 		name    string
 		reports []*schedulerv1.ProgressReport // from the child, about the parent
 		later   time.Duration                 // then the clock moves on by this much
 		wantBad bool
+		peer    bool // the parent is the peer a, not the source
 	}{
-		{"digest mismatch", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH)}, 0, true},
-		{"two timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, false},
-		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, true},
-		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, 0, false},
-		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, 0, false},
-		{"slow block after a steady history", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, selection.MinSamples+2), blocks(200_000, 2)), 0, true},
-		{"a slow mark lapses", append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, selection.MinSamples+2), blocks(200_000, 2)), selection.SlowFor, false},
+		{"digest mismatch", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH)}, 0, true, false},
+		{"two timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, false, false},
+		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, true, false},
+		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, 0, false, false},
+		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, 0, false, false},
+		{"slow block after a steady history", slowHistory, 0, true, true},
+		{"a slow mark lapses", slowHistory, selection.SlowFor, false, true},
+		{"a source is never slow", slowHistory, 0, false, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,13 +146,18 @@ func TestReportsMakeParentsBad(t *testing.T) {
 				t.Fatalf("got %v; want the source peer", ids(a.Candidates))
 			}
 			b := e.register("b", taskID(1), true) // parents: src and a
+			parent := src.PeerId
+			if tt.peer {
+				parent = a.PeerId
+			}
 			pb := e.open(b.PeerId, taskID(1))
 			for _, r := range tt.reports {
+				r = proto.Clone(r).(*schedulerv1.ProgressReport)
 				if bf := r.GetBlockFailure(); bf != nil {
-					bf.ParentPeerId = src.PeerId
+					bf.ParentPeerId = parent
 				}
 				if nb := r.GetNewBlocks(); nb != nil {
-					nb.ParentPeerId = src.PeerId
+					nb.ParentPeerId = parent
 				}
 				e.report(pb, r)
 			}
@@ -157,9 +166,8 @@ func TestReportsMakeParentsBad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			gotSrc := slices.Contains(ids(resp.Candidates), src.PeerId)
-			if gotSrc == tt.wantBad {
-				t.Fatalf("got candidates %v; want the source peer %s offered: %v", ids(resp.Candidates), src.PeerId, !tt.wantBad)
+			if offered := slices.Contains(ids(resp.Candidates), parent); offered == tt.wantBad {
+				t.Fatalf("got candidates %v; want the parent %s offered: %v", ids(resp.Candidates), parent, !tt.wantBad)
 			}
 		})
 	}
@@ -178,33 +186,34 @@ func TestTreeKeepsASlowParent(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, WithTopology(ModeTree, 2))
-			for _, h := range []string{"src", "a", "b"} {
+			for _, h := range []string{"src", "a", "b", "c"} {
 				e.announce(h, normal)
 			}
-			src := e.register("src", taskID(1), true)
-			e.register("a", taskID(1), true)
-			b := e.register("b", taskID(1), true)
-			if !slices.Equal(ids(b.Candidates), []string{src.PeerId}) {
-				t.Fatalf("got %v; want the tree parent %s", ids(b.Candidates), src.PeerId)
+			e.register("src", taskID(1), true)
+			a := e.register("a", taskID(1), true)
+			e.register("b", taskID(1), true)
+			c := e.register("c", taskID(1), true) // the first child of a
+			if !slices.Equal(ids(c.Candidates), []string{a.PeerId}) {
+				t.Fatalf("got %v; want the tree parent %s", ids(c.Candidates), a.PeerId)
 			}
-			pb := e.open(b.PeerId, taskID(1))
-			steady := &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_NewBlocks{NewBlocks: &schedulerv1.NewBlocks{Indexes: []uint32{1}, FetchDurationUs: 10_000, ParentPeerId: src.PeerId}}}
+			pc := e.open(c.PeerId, taskID(1))
+			steady := &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_NewBlocks{NewBlocks: &schedulerv1.NewBlocks{Indexes: []uint32{1}, FetchDurationUs: 10_000, ParentPeerId: a.PeerId}}}
 			for range selection.MinSamples + 2 {
-				e.report(pb, steady)
+				e.report(pc, steady)
 			}
 			if nb := tt.last.GetNewBlocks(); nb != nil {
-				nb.ParentPeerId = src.PeerId
+				nb.ParentPeerId = a.PeerId
 			}
 			if bf := tt.last.GetBlockFailure(); bf != nil {
-				bf.ParentPeerId = src.PeerId
+				bf.ParentPeerId = a.PeerId
 			}
-			e.report(pb, tt.last)
-			resp, err := e.s.GetCandidateParents(e.ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: b.PeerId, TaskId: taskID(1)})
+			e.report(pc, tt.last)
+			resp, err := e.s.GetCandidateParents(e.ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: c.PeerId, TaskId: taskID(1)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if kept := slices.Equal(ids(resp.Candidates), []string{src.PeerId}); kept != tt.wantKept {
-				t.Fatalf("got candidates %v; want only the tree parent %s: %v", ids(resp.Candidates), src.PeerId, tt.wantKept)
+			if kept := slices.Equal(ids(resp.Candidates), []string{a.PeerId}); kept != tt.wantKept {
+				t.Fatalf("got candidates %v; want only the tree parent %s: %v", ids(resp.Candidates), a.PeerId, tt.wantKept)
 			}
 		})
 	}
