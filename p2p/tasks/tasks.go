@@ -41,12 +41,13 @@ type task struct {
 // seed has read that message.
 const unknownTaskGrace = 5 * time.Second
 
-// nearAhead is how far past the furthest block a peer holds a request waits for it. A seed's
-// pass produces blocks in order, so a request to it waits as long as the requester allows. A
-// peer fetches a window of blocks in order: a block within two windows of its furthest one
-// will come soon, and a child in a tree, whose only parent it is, should wait for it; one
-// further off will not, and the requester does better to ask someone else at once.
-const nearAhead = 32
+// notYetWait is how long a request for a block this node is receiving, but has not begun to
+// fetch, waits for the fetch to begin (once begun, the request waits for it to land). A
+// seed's pass produces blocks in order, so a request to it waits as long as the requester
+// allows. A peer fetches a window of blocks in the order its own parents make best, so a
+// block it has not begun may be far off: the requester does better to ask someone else soon.
+// The short wait covers a child in a tree a step ahead of its only parent.
+const notYetWait = 500 * time.Millisecond
 
 // passCopies is how many copies of a block a seed serves while its pass still runs; a later
 // request is answered busy, so the requester takes the block from a peer that has it. A
@@ -268,6 +269,7 @@ func (r *Registry) CompleteTable(id layer.TaskID) ([]layer.BlockDigest, bool) {
 // Block implements peer.Holder.
 func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
 	key := layer.BlockKey{Task: id, Index: i}
+	var notYet <-chan time.Time // set once a peer has been asked for a block it has not begun
 	for {
 		t := r.lookup(ctx, id)
 		if t == nil {
@@ -280,7 +282,7 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		}
 		held := i < len(t.held) && t.held[i]
 		refill, receiving, changed := t.refill, t.receiving, t.changed
-		near := t.producer || i < len(t.held)+nearAhead
+		producer := t.producer
 		if held && t.producer && !t.complete {
 			if i >= len(t.served) {
 				t.served = append(t.served, make([]int, i+1-len(t.served))...)
@@ -316,11 +318,15 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		if !receiving {
 			return nil, fmt.Errorf("block %s: %w", key, peer.ErrNotHeld)
 		}
-		if !near {
-			return nil, fmt.Errorf("block %s: far ahead of what this peer holds: %w", key, peer.ErrNotHeld)
+		if !producer && notYet == nil {
+			timer := time.NewTimer(notYetWait)
+			defer timer.Stop()
+			notYet = timer.C
 		}
 		select {
 		case <-changed:
+		case <-notYet:
+			return nil, fmt.Errorf("block %s: not being fetched: %w", key, peer.ErrNotHeld)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("block %s not received in time: %w", key, ctx.Err())
 		}

@@ -104,23 +104,28 @@ func TestBlockWaitsForALandingBlock(t *testing.T) {
 	}
 }
 
-func TestBlockFarAheadOfAPeer(t *testing.T) {
+func TestBlockNotBegunByAPeer(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		setup    func(*Registry)
-		index    int
-		wantWait bool // waits until the caller's deadline rather than answering NotHeld at once
+		wantWait bool // waits until the caller's deadline rather than answering NotHeld soon
 	}{
-		{"a peer waits for a block near what it holds", func(r *Registry) { r.Expect(id); r.Landed(id, 3) }, 3 + nearAhead, true},
-		{"a peer answers at once for a block far ahead", func(r *Registry) { r.Expect(id); r.Landed(id, 3) }, 4 + nearAhead, false},
-		{"a seed pass waits for any block it will produce", func(r *Registry) { r.StartPass(id) }, 10 * nearAhead, true},
+		{"a peer that has not begun the block answers soon", func(r *Registry) { r.Expect(id); r.Landed(id, 3) }, false},
+		{"a seed pass waits for the block it will produce", func(r *Registry) { r.StartPass(id) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, _ := newRegistry(t)
 			tc.setup(r)
-			_, err := r.Block(shortCtx(t), id, tc.index)
-			if tc.wantWait && !errors.Is(err, context.DeadlineExceeded) || !tc.wantWait && (!errors.Is(err, peer.ErrNotHeld) || errors.Is(err, context.DeadlineExceeded)) {
-				t.Fatalf("got %v; want a wait until the deadline: %v", err, tc.wantWait)
+			ctx, cancel := context.WithTimeout(t.Context(), 3*notYetWait)
+			defer cancel()
+			start := time.Now()
+			_, err := r.Block(ctx, id, 5)
+			took := time.Since(start)
+			switch {
+			case tc.wantWait && !errors.Is(err, context.DeadlineExceeded):
+				t.Fatalf("got %v after %v; want a wait until the deadline", err, took)
+			case !tc.wantWait && (!errors.Is(err, peer.ErrNotHeld) || took > 2*notYetWait):
+				t.Fatalf("got %v after %v; want ErrNotHeld after about %v", err, took, notYetWait)
 			}
 		})
 	}
