@@ -17,6 +17,7 @@ import (
 type Registry struct {
 	cache *blockcache.Cache
 
+	now   func() time.Time
 	mu    sync.Mutex
 	tasks map[layer.TaskID]*task
 	added chan struct{} // closed and replaced when a task is added
@@ -27,7 +28,8 @@ type task struct {
 	producer  bool   // this node's seed pass produces the task's digests
 	relaying  bool   // this node passes on digests it got from a producer
 	held      []bool // by block index; grows as blocks land
-	served    []int  // by block index: copies served while this node's pass runs
+	source    bool     // this node read the task from its registry (a seed pass)
+	served    []copies // by block index, for a source: copies served lately
 	digests   []layer.BlockDigest
 	complete  bool              // digests is the whole, verified table
 	refill    blockcache.Filler // refills evicted blocks, or nil
@@ -49,16 +51,26 @@ const unknownTaskGrace = 5 * time.Second
 // The short wait covers a child in a tree a step ahead of its only parent.
 const notYetWait = 500 * time.Millisecond
 
-// passCopies is how many copies of a block a seed serves while its pass still runs; a later
-// request is answered busy, so the requester takes the block from a peer that has it. A
-// seed's uplink is the scarcest there is while it reads the registry: every copy of a block
-// it sends twice is one block less of the stream its children get (BitTorrent's
-// super-seeding). Two, so that both children of a binary tree's root get each block.
-const passCopies = 2
+// sourceCopies is how many copies of a block a seed serves within copiesWindow; a request
+// for more is answered busy, so the requester takes the block from a peer that has it. A
+// seed's uplink is the scarcest there is: every block it sends twice to peers that could
+// have traded it is a block less of the layer it sends at all (BitTorrent's super-seeding).
+// Two, so that both children of a binary tree's root get each block; the window lets a peer
+// with no other parent that holds the block have it a little later.
+const (
+	sourceCopies = 2
+	copiesWindow = 5 * time.Second
+)
+
+// copies counts the copies of a block served since a moment.
+type copies struct {
+	n     int
+	since time.Time
+}
 
 // New returns an empty record of blocks kept in cache.
 func New(cache *blockcache.Cache) *Registry {
-	return &Registry{cache: cache, tasks: make(map[layer.TaskID]*task), added: make(chan struct{})}
+	return &Registry{cache: cache, now: time.Now, tasks: make(map[layer.TaskID]*task), added: make(chan struct{})}
 }
 
 func (r *Registry) taskLocked(id layer.TaskID) *task {
@@ -126,7 +138,7 @@ func (r *Registry) StartPass(id layer.TaskID) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	t := r.taskLocked(id)
-	t.receiving, t.producer = true, true
+	t.receiving, t.producer, t.source = true, true, true
 	t.signal()
 }
 
@@ -283,15 +295,19 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		held := i < len(t.held) && t.held[i]
 		refill, receiving, changed := t.refill, t.receiving, t.changed
 		producer := t.producer
-		if held && t.producer && !t.complete {
+		if held && t.source {
 			if i >= len(t.served) {
-				t.served = append(t.served, make([]int, i+1-len(t.served))...)
+				t.served = append(t.served, make([]copies, i+1-len(t.served))...)
 			}
-			if t.served[i] >= passCopies {
+			c, now := &t.served[i], r.now()
+			if now.Sub(c.since) >= copiesWindow {
+				c.n, c.since = 0, now
+			}
+			if c.n >= sourceCopies {
 				r.mu.Unlock()
-				return nil, fmt.Errorf("block %s: served %d times while the pass runs: %w", key, passCopies, peer.ErrBusy)
+				return nil, fmt.Errorf("block %s: a seed serves %d copies in %v: %w", key, sourceCopies, copiesWindow, peer.ErrBusy)
 			}
-			t.served[i]++
+			c.n++
 		}
 		r.mu.Unlock()
 

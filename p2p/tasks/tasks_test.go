@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -131,8 +132,10 @@ func TestBlockNotBegunByAPeer(t *testing.T) {
 	}
 }
 
-func TestPassServesFewCopies(t *testing.T) {
+func TestSeedServesFewCopies(t *testing.T) {
 	r, c := newRegistry(t)
+	now := time.Unix(1e9, 0)
+	r.now = func() time.Time { return now }
 	r.StartPass(id)
 	key := layer.BlockKey{Task: id, Index: 0}
 	w, err := c.Begin(t.Context(), key)
@@ -144,21 +147,26 @@ func TestPassServesFewCopies(t *testing.T) {
 	if err := r.Produced(id, 0, d); err != nil {
 		t.Fatal(err)
 	}
-	for i := range passCopies + 1 {
+	serve := func(when string, wantBusy bool) {
+		t.Helper()
 		b, err := r.Block(shortCtx(t), id, 0)
-		switch {
-		case i < passCopies && err != nil:
-			t.Fatalf("copy %d while the pass runs: %v", i+1, err)
-		case i < passCopies:
-			b.Release()
-		case !errors.Is(err, peer.ErrBusy):
-			t.Fatalf("copy %d while the pass runs: %v; want ErrBusy", i+1, err)
+		if wantBusy {
+			if !errors.Is(err, peer.ErrBusy) {
+				t.Fatalf("%s: %v; want ErrBusy", when, err)
+			}
+			return
 		}
+		if err != nil {
+			t.Fatalf("%s: %v", when, err)
+		}
+		b.Release()
 	}
+	for i := range sourceCopies {
+		serve(fmt.Sprintf("copy %d while the pass runs", i+1), false)
+	}
+	serve("one copy more", true)
 	r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 7, Digests: []layer.BlockDigest{d}}, nil)
-	b, err := r.Block(shortCtx(t), id, 0)
-	if err != nil {
-		t.Fatalf("after the pass: %v", err)
-	}
-	b.Release()
+	serve("one copy more after the pass", true)
+	now = now.Add(copiesWindow)
+	serve("a copy once the window passed", false)
 }
