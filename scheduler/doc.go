@@ -46,7 +46,8 @@
 // children is given new parents at once, on its SyncProgress stream. Reports from children
 // mark parents corrupt (digest mismatch, for good), failing (MaxFailures failed requests in a
 // row, until a success) or slow (block time above mean + 3σ of its history, for
-// selection.SlowFor or until a normal one); their children are reparented when that happens.
+// selection.SlowFor or until a normal one; never a source, and in a tree a slow parent keeps
+// its children); their children are reparented when that happens.
 //
 // # Concurrency
 //
