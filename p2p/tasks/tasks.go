@@ -51,15 +51,17 @@ const unknownTaskGrace = 5 * time.Second
 // The short wait covers a child in a tree a step ahead of its only parent.
 const notYetWait = 500 * time.Millisecond
 
-// sourceCopies is how many copies of a block a seed serves within copiesWindow; a request
-// for more is answered busy, so the requester takes the block from a peer that has it. A
-// seed's uplink is the scarcest there is: every block it sends twice to peers that could
-// have traded it is a block less of the layer it sends at all (BitTorrent's super-seeding).
-// Two, so that both children of a binary tree's root get each block; the window lets a peer
-// with no other parent that holds the block have it a little later.
+// sourceCopies is how many copies of a block a seed serves within copiesWindow while its
+// pass over the registry blob runs; a request for more is answered busy, so the requester
+// takes the block from a peer that has it. During the pass the seed's uplink is the scarcest
+// there is: every block it sends twice to peers that could have traded it is a block less of
+// the layer it sends at all (BitTorrent's super-seeding). Two, so that both children of a
+// binary tree's root get each block. The window is short because blocks flow only down the
+// scheduler's DAG: the copies may have gone to peers that cannot pass them to the requester.
+// After the pass the seed is one uplink among many and serves what it is asked.
 const (
 	sourceCopies = 2
-	copiesWindow = 5 * time.Second
+	copiesWindow = time.Second
 )
 
 // copies counts the copies of a block served since a moment.
@@ -295,7 +297,7 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		held := i < len(t.held) && t.held[i]
 		refill, receiving, changed := t.refill, t.receiving, t.changed
 		producer := t.producer
-		if held && t.source {
+		if held && t.source && !t.complete {
 			if i >= len(t.served) {
 				t.served = append(t.served, make([]copies, i+1-len(t.served))...)
 			}

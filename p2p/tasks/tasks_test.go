@@ -165,8 +165,10 @@ func TestSeedServesFewCopies(t *testing.T) {
 		serve(fmt.Sprintf("copy %d while the pass runs", i+1), false)
 	}
 	serve("one copy more", true)
-	r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 7, Digests: []layer.BlockDigest{d}}, nil)
-	serve("one copy more after the pass", true)
 	now = now.Add(copiesWindow)
 	serve("a copy once the window passed", false)
+	serve("another", false)
+	serve("one copy more", true)
+	r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 7, Digests: []layer.BlockDigest{d}}, nil)
+	serve("one copy more after the pass", false)
 }
