@@ -76,7 +76,7 @@ const (
 	cooldown = 3 * time.Second
 	// busyBackoff sets aside a parent that answered busy.
 	busyBackoff = 100 * time.Millisecond
-	// notFoundBackoff sets aside a parent that did not have a block.
+	// notFoundBackoff sets aside, for one block, a parent that did not have it.
 	notFoundBackoff = 300 * time.Millisecond
 	// initialRate is assumed of a parent not measured yet, so new parents get tried.
 	initialRate = 50 << 20
@@ -197,9 +197,11 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		// Parents that are busy or do not hold the block yet are not failing: such answers
 		// count against a time limit, not against maxAttempts.
 		giveUp = f.now().Add(noParentTimeout)
+		// lacked sets aside, for this block only, the parents that did not have it.
+		lacked = make(map[*parentState]time.Time)
 	)
 	for attempt := 0; attempt < maxAttempts; {
-		p, err := f.choose(ctx, key.Index)
+		p, err := f.choose(ctx, key.Index, lacked)
 		if err != nil {
 			if lastErr != nil {
 				err = fmt.Errorf("%w (last failure: %w)", err, lastErr)
@@ -223,6 +225,9 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 			return 0, fmt.Errorf("fetch %s: %w", key, ctx.Err())
 		}
 		lastErr = err
+		if errors.Is(err, peer.ErrNotFound) {
+			lacked[p] = f.now().Add(notFoundBackoff)
+		}
 		if !errors.Is(err, peer.ErrBusy) && !errors.Is(err, peer.ErrNotFound) {
 			attempt++
 		} else if f.now().After(giveUp) {
@@ -283,10 +288,9 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 		p.until, p.unreached = now.Add(busyBackoff), false
 		return ReasonBusy
 	case errors.Is(*err, peer.ErrNotFound):
-		// It does not hold the block (evicted, or not received yet): try others for a moment.
-		// It stays a candidate when asking the scheduler for more: a parent a little behind
-		// is normal in a pipeline, and in a tree it is the only parent.
-		p.until, p.unreached = now.Add(notFoundBackoff), false
+		// It does not hold the block (evicted, or not received yet): FillBlock tries others
+		// for this block; it stays usable for the others, and a candidate when asking the
+		// scheduler for more: a parent a little behind is normal in a pipeline.
 		return ReasonNotFound
 	case ctx.Err() == nil && errors.Is(*err, context.DeadlineExceeded):
 		p.until, p.unreached = now.Add(cooldown), true
@@ -315,13 +319,13 @@ func (f *Fetcher) markBad(p *parentState) {
 // choose picks a parent for a request of block i by weighted random, asking the ParentSource
 // for more when none is usable, and waiting when there is none (the scheduler may be finding
 // the task a new source) or only parents set aside, for up to noParentTimeout.
-func (f *Fetcher) choose(ctx context.Context, i int) (*parentState, error) {
+func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]time.Time) (*parentState, error) {
 	refreshed := false
 	backoff := 50 * time.Millisecond
 	var giveUp time.Time
 	for {
 		f.mu.Lock()
-		p, next, full := f.pickLocked(i)
+		p, next, full, lackedOnly := f.pickLocked(i, lacked)
 		if p != nil {
 			p.inflight++
 			f.mu.Unlock()
@@ -334,6 +338,18 @@ func (f *Fetcher) choose(ctx context.Context, i int) (*parentState, error) {
 			select {
 			case <-freed:
 			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+			continue
+		}
+		if lackedOnly {
+			// Parents that lack this block for now: wait for the first to be asked again
+			// rather than ask the scheduler for more on every such block.
+			t := time.NewTimer(max(next.Sub(f.now()), time.Millisecond))
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
 				return nil, ctx.Err()
 			}
 			continue
@@ -369,10 +385,11 @@ func (f *Fetcher) choose(ctx context.Context, i int) (*parentState, error) {
 
 // pickLocked returns a usable parent for block i, or, if none, when the first set-aside one is
 // usable again (zero if none will be) and whether some are usable but have MaxPerParent
-// requests in flight. A parent weighs its measured rate shared by its requests in flight,
+// requests in flight, and whether the first to be usable again is only set aside for lacking
+// block i. A parent weighs its measured rate shared by its requests in flight,
 // much less when it reported no free slot, and much less when its last bitmap lacked block
 // i (it may have it since, or be about to: asking it then waits for it).
-func (f *Fetcher) pickLocked(i int) (_ *parentState, next time.Time, full bool) {
+func (f *Fetcher) pickLocked(i int, lacked map[*parentState]time.Time) (_ *parentState, next time.Time, full, lackedOnly bool) {
 	now := f.now()
 	var (
 		total float64
@@ -383,9 +400,13 @@ func (f *Fetcher) pickLocked(i int) (_ *parentState, next time.Time, full bool) 
 		if p.bad {
 			continue
 		}
-		if now.Before(p.until) {
-			if next.IsZero() || p.until.Before(next) {
-				next = p.until
+		until, forBlock := p.until, false
+		if l, ok := lacked[p]; ok && l.After(until) {
+			until, forBlock = l, true
+		}
+		if now.Before(until) {
+			if next.IsZero() || until.Before(next) {
+				next, lackedOnly = until, forBlock
 			}
 			continue
 		}
@@ -405,16 +426,16 @@ func (f *Fetcher) pickLocked(i int) (_ *parentState, next time.Time, full bool) 
 		total += w
 	}
 	if len(cands) == 0 {
-		return nil, next, full
+		return nil, next, full, lackedOnly
 	}
 	x := f.rng.Float64() * total
 	for i, w := range ws {
 		if x < w {
-			return cands[i], time.Time{}, false
+			return cands[i], time.Time{}, false, false
 		}
 		x -= w
 	}
-	return cands[len(cands)-1], time.Time{}, false
+	return cands[len(cands)-1], time.Time{}, false, false
 }
 
 // UpdateHeld asks every parent in use which blocks it holds now (wire.OpHeld), for
