@@ -84,6 +84,9 @@ const (
 	maxAttempts = 64
 	// noParentTimeout bounds how long a block waits for any parent to be usable.
 	noParentTimeout = time.Minute
+	// lackRefreshInterval spaces the requests for more parents made because every parent
+	// lacked a block.
+	lackRefreshInterval = time.Second
 )
 
 // MaxPerParent bounds the requests in flight to one parent. A parent sends what it is asked
@@ -105,13 +108,15 @@ type Fetcher struct {
 	wait     time.Duration
 	now      func() time.Time
 
-	mu      sync.Mutex
-	rng     *rand.Rand
-	known   map[string]*parentState
-	freed   chan struct{}       // closed and replaced when a request ends
-	digests []layer.BlockDigest // verified digests known, a prefix of the table
-	total   int                 // blocks in the task; -1 while unknown
-	tableMu sync.Mutex          // one digest request at a time
+	mu    sync.Mutex
+	rng   *rand.Rand
+	known map[string]*parentState
+	freed chan struct{} // closed and replaced when a request ends
+	// lackRefreshed is when a block that every parent lacked last asked for more parents.
+	lackRefreshed time.Time
+	digests       []layer.BlockDigest // verified digests known, a prefix of the table
+	total         int                 // blocks in the task; -1 while unknown
+	tableMu       sync.Mutex          // one digest request at a time
 }
 
 type parentState struct {
@@ -342,7 +347,7 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]tim
 			}
 			continue
 		}
-		if lackedOnly {
+		if lackedOnly && !f.lackRefreshDue() {
 			// Parents that lack this block for now: wait for the first to be asked again
 			// rather than ask the scheduler for more on every such block.
 			t := time.NewTimer(max(next.Sub(f.now()), time.Millisecond))
@@ -354,7 +359,7 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]tim
 			}
 			continue
 		}
-		if !refreshed {
+		if !refreshed || lackedOnly {
 			refreshed = true
 			if err := f.refresh(ctx); err != nil {
 				return nil, err
@@ -383,10 +388,10 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]tim
 	}
 }
 
-// pickLocked returns a usable parent for block i, or, if none, when the first set-aside one is
-// usable again (zero if none will be) and whether some are usable but have MaxPerParent
-// requests in flight, and whether the first to be usable again is only set aside for lacking
-// block i. A parent weighs its measured rate shared by its requests in flight,
+// pickLocked returns a usable parent for block i. If there is none, it returns when the
+// first parent set aside is usable again (zero if none will be), whether that one is set
+// aside only for lacking block i, and whether some parents are usable but have MaxPerParent
+// requests in flight. A parent weighs its measured rate shared by its requests in flight,
 // much less when it reported no free slot, and much less when its last bitmap lacked block
 // i (it may have it since, or be about to: asking it then waits for it).
 func (f *Fetcher) pickLocked(i int, lacked map[*parentState]time.Time) (_ *parentState, next time.Time, full, lackedOnly bool) {
@@ -479,12 +484,17 @@ func (f *Fetcher) Holders(i int) int {
 	return n
 }
 
-// DigestsKnown returns how many blocks, from the first, have digests known here: those that
-// exist, while a producer's pass is still running.
-func (f *Fetcher) DigestsKnown() int {
+// lackRefreshDue reports whether a block that every parent lacks may ask the ParentSource for
+// more parents: at most once per lackRefreshInterval for the whole task.
+func (f *Fetcher) lackRefreshDue() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.digests)
+	now := f.now()
+	if now.Sub(f.lackRefreshed) < lackRefreshInterval {
+		return false
+	}
+	f.lackRefreshed = now
+	return true
 }
 
 func hasBit(bits []byte, i int) bool {
