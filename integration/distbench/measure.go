@@ -281,24 +281,27 @@ func portBytes(ctx context.Context, lab string) (map[string]traffic, error) {
 }
 
 // uploadSample is one second of the distribution: when it ended (seconds from the start),
-// and what the seed and all daemons (seed and peers) uploaded in it, in MB/s of frames.
+// and what the seed and all daemons (seed and peers) uploaded in it, in MB/s of frames; Up
+// and Down what each daemon sent and received, by host name.
 type uploadSample struct {
-	T     float64 `json:"t"`
-	Seed  float64 `json:"seed_MBps"`
-	Total float64 `json:"total_MBps"`
+	T     float64            `json:"t"`
+	Seed  float64            `json:"seed_MBps"`
+	Total float64            `json:"total_MBps"`
+	Up    map[string]float64 `json:"up_MBps,omitempty"`
+	Down  map[string]float64 `json:"down_MBps,omitempty"`
 }
 
 // uploadMeter samples the daemons' upload every second from the lab's bridge ports.
 type uploadMeter struct {
 	lab        string
-	seed       string   // the seed's port
-	ports      []string // every daemon's port, the seed's included
+	seed       string            // the seed's port
+	ports      map[string]string // every daemon's port, the seed's included, to its host name
 	start      time.Time
 	stop, done chan struct{}
 	samples    []uploadSample
 }
 
-func startUploadMeter(ctx context.Context, lab, seed string, ports []string, start time.Time) *uploadMeter {
+func startUploadMeter(ctx context.Context, lab, seed string, ports map[string]string, start time.Time) *uploadMeter {
 	m := &uploadMeter{lab: lab, seed: seed, ports: ports, start: start, stop: make(chan struct{}), done: make(chan struct{})}
 	go m.run(ctx)
 	return m
@@ -326,13 +329,19 @@ func (m *uploadMeter) run(ctx context.Context) {
 		now := time.Now()
 		secs := now.Sub(prevT).Seconds()
 		var total uint64
-		for _, p := range m.ports {
+		up, down := make(map[string]float64, len(m.ports)), make(map[string]float64, len(m.ports))
+		for p, host := range m.ports {
+			// A bridge port receives what its host sends, and sends what its host receives.
 			total += cur[p].rx - prev[p].rx
+			up[host] = float64(cur[p].rx-prev[p].rx) / 1e6 / secs
+			down[host] = float64(cur[p].tx-prev[p].tx) / 1e6 / secs
 		}
 		m.samples = append(m.samples, uploadSample{
 			T:     now.Sub(m.start).Seconds(),
 			Seed:  float64(cur[m.seed].rx-prev[m.seed].rx) / 1e6 / secs,
 			Total: float64(total) / 1e6 / secs,
+			Up:    up,
+			Down:  down,
 		})
 		prev, prevT = cur, now
 	}

@@ -62,6 +62,7 @@ type result struct {
 	PeerRx    float64 `json:"peer_rx_per_task"`
 	// UploadUse is what the seed and the peers uploaded from the first peer's copy start to
 	// the end, over what their caps allow in that time ((N+1) links); Timeline their upload
+	// and download
 	// second by second.
 	UploadUse float64        `json:"upload_use"`
 	Timeline  []uploadSample `json:"timeline,omitempty"`
@@ -189,9 +190,9 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 	if err != nil {
 		return r, err
 	}
-	ports := []string{c.Seeds[0].Host.Port}
+	ports := map[string]string{c.Seeds[0].Host.Port: c.Seeds[0].Host.Name}
 	for _, p := range c.Peers {
-		ports = append(ports, p.Host.Port)
+		ports[p.Host.Port] = p.Host.Name
 	}
 	done := make([]time.Duration, n)
 	errs := make([]error, n)
