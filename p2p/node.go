@@ -57,7 +57,7 @@ type Scheduler interface {
 // rarestFirst); heldInterval how often it asks its parents which blocks they hold.
 const (
 	bandWindows  = 4
-	heldInterval = 200 * time.Millisecond
+	heldInterval = 100 * time.Millisecond
 )
 
 // Node is this node's P2P side. It is safe for concurrent use.
@@ -333,7 +333,7 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.Bloc
 		mu.Lock()
 		defer mu.Unlock()
 		for inflight < n.window && pctx.Err() == nil {
-			i, ok := order.next(reader, f.Total(), f.Holders)
+			i, ok := order.next(reader, f.Total(), f.Holders, f.Parents() > 1)
 			if !ok {
 				return
 			}

@@ -10,9 +10,11 @@ import (
 // of blocks ahead of the reader (which checks the stream front to back, and bounds what is
 // held unread), a peer takes the block the fewest of its parents hold, at least one, ties
 // broken at random: peers hold different blocks and trade them, and a block only the seed
-// has goes to one peer, not to all. When no parent holds a block of the band yet (they are
-// all at the producer's frontier), it takes the first block not begun, which its parents
-// serve the moment it lands.
+// has goes to one peer, not to all. A peer with a single parent (a tree) has no one to differ
+// from: it breaks ties by taking the first, so that it follows its parent's order and its
+// own children can follow it. When no parent holds a block of the band yet (they are all at
+// the producer's frontier), it takes the first block not begun, which its parents serve the
+// moment it lands.
 //
 // It is not safe for concurrent use.
 type rarestFirst struct {
@@ -26,9 +28,9 @@ func newRarestFirst(band int, seed uint64) *rarestFirst {
 }
 
 // next returns the block to begin, given the reader's position from, the task's block count
-// total (-1 while unknown) and holders(i), how many parents hold block i; ok is false when
-// every block of the band is begun.
-func (r *rarestFirst) next(from, total int, holders func(i int) int) (i int, ok bool) {
+// total (-1 while unknown), holders(i), how many parents hold block i, and whether to break
+// ties at random; ok is false when every block of the band is begun.
+func (r *rarestFirst) next(from, total int, holders func(i int) int, random bool) (i int, ok bool) {
 	end := from + r.band
 	if total >= 0 {
 		end = min(end, total)
@@ -49,7 +51,7 @@ func (r *rarestFirst) next(from, total int, holders func(i int) int) (i int, ok 
 			best, bestHolders, ties = j, h, 1
 		case h == bestHolders:
 			ties++
-			if r.rng.IntN(ties) == 0 { // reservoir sampling: each tie equally likely
+			if random && r.rng.IntN(ties) == 0 { // reservoir sampling: each tie equally likely
 				best = j
 			}
 		}

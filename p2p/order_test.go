@@ -33,7 +33,7 @@ func TestRarestFirst(t *testing.T) {
 			}
 			var got []int
 			for {
-				i, ok := r.next(0, tt.total, holders)
+				i, ok := r.next(0, tt.total, holders, true)
 				if !ok {
 					break
 				}
@@ -50,8 +50,11 @@ func TestRarestFirstBreaksTiesAtRandom(t *testing.T) {
 	all := func(int) int { return 1 }
 	firsts := map[int]bool{}
 	for seed := range uint64(32) {
-		i, _ := newRarestFirst(16, seed).next(0, -1, all)
+		i, _ := newRarestFirst(16, seed).next(0, -1, all, true)
 		firsts[i] = true
+		if i, _ := newRarestFirst(16, seed).next(0, -1, all, false); i != 0 {
+			t.Errorf("without random ties, began with block %d; want 0", i)
+		}
 	}
 	if len(firsts) < 4 {
 		t.Fatalf("32 pickers began with only %v; want their picks spread over the band", firsts)

@@ -62,8 +62,7 @@ type result struct {
 	PeerRx    float64 `json:"peer_rx_per_task"`
 	// UploadUse is what the seed and the peers uploaded from the first peer's copy start to
 	// the end, over what their caps allow in that time ((N+1) links); Timeline their upload
-	// and download
-	// second by second.
+	// and download second by second.
 	UploadUse float64        `json:"upload_use"`
 	Timeline  []uploadSample `json:"timeline,omitempty"`
 	// CPU over the distribution window; Procs counts the daemons, the scheduler and this

@@ -497,6 +497,19 @@ func (f *Fetcher) lackRefreshDue() bool {
 	return true
 }
 
+// Parents returns how many parents are known that did not send a corrupt block.
+func (f *Fetcher) Parents() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for _, p := range f.known {
+		if !p.bad {
+			n++
+		}
+	}
+	return n
+}
+
 func hasBit(bits []byte, i int) bool {
 	return i >= 0 && i/8 < len(bits) && bits[i/8]&(1<<(i%8)) != 0
 }

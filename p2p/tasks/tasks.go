@@ -24,10 +24,10 @@ type Registry struct {
 }
 
 type task struct {
-	receiving bool   // blocks not held yet may still land
-	producer  bool   // this node's seed pass produces the task's digests
-	relaying  bool   // this node passes on digests it got from a producer
-	held      []bool // by block index; grows as blocks land
+	receiving bool     // blocks not held yet may still land
+	producer  bool     // this node's seed pass produces the task's digests
+	relaying  bool     // this node passes on digests it got from a producer
+	held      []bool   // by block index; grows as blocks land
 	source    bool     // this node read the task from its registry (a seed pass)
 	served    []copies // by block index, for a source: copies served lately
 	digests   []layer.BlockDigest
@@ -49,7 +49,7 @@ const unknownTaskGrace = 5 * time.Second
 // allows. A peer fetches a window of blocks in the order its own parents make best, so a
 // block it has not begun may be far off: the requester does better to ask someone else soon.
 // The short wait covers a child in a tree a step ahead of its only parent.
-const notYetWait = 500 * time.Millisecond
+const notYetWait = 100 * time.Millisecond
 
 // sourceCopies is how many copies of a block a seed serves within copiesWindow while its
 // pass over the registry blob runs; a request for more is answered busy, so the requester
