@@ -3,10 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -252,34 +250,6 @@ func logCount(path, msg string) (int, error) {
 	return n, err
 }
 
-// portBytes reads the byte counters of every bridge port of a lab, in one call: a port's rx
-// is what its host sent (upload), its tx what the host received.
-func portBytes(ctx context.Context, lab string) (map[string]traffic, error) {
-	var links []struct {
-		Name  string `json:"ifname"`
-		Stats struct {
-			RX struct {
-				Bytes uint64 `json:"bytes"`
-			} `json:"rx"`
-			TX struct {
-				Bytes uint64 `json:"bytes"`
-			} `json:"tx"`
-		} `json:"stats64"`
-	}
-	out, err := exec.CommandContext(ctx, "ip", "-n", lab+"-switch", "-j", "-s", "link", "show").Output()
-	if err != nil {
-		return nil, fmt.Errorf("ip -n %s-switch link show: %w", lab, err)
-	}
-	if err := json.Unmarshal(out, &links); err != nil {
-		return nil, fmt.Errorf("ip -n %s-switch link show: %w", lab, err)
-	}
-	m := make(map[string]traffic, len(links))
-	for _, l := range links {
-		m[l.Name] = traffic{rx: l.Stats.RX.Bytes, tx: l.Stats.TX.Bytes}
-	}
-	return m, nil
-}
-
 // uploadSample is one second of the distribution: when it ended (seconds from the start),
 // and what the seed and all daemons (seed and peers) uploaded in it, in MB/s of frames; Up
 // and Down what each daemon sent and received, by host name.
@@ -293,23 +263,23 @@ type uploadSample struct {
 
 // uploadMeter samples the daemons' upload every second from the lab's bridge ports.
 type uploadMeter struct {
-	lab        string
-	seed       string            // the seed's port
-	ports      map[string]string // every daemon's port, the seed's included, to its host name
+	lab        *netlab.Lab
+	seed       string   // the seed's host name
+	hosts      []string // every daemon's host name, the seed's included
 	start      time.Time
 	stop, done chan struct{}
 	samples    []uploadSample
 }
 
-func startUploadMeter(ctx context.Context, lab, seed string, ports map[string]string, start time.Time) *uploadMeter {
-	m := &uploadMeter{lab: lab, seed: seed, ports: ports, start: start, stop: make(chan struct{}), done: make(chan struct{})}
+func startUploadMeter(ctx context.Context, lab *netlab.Lab, seed string, hosts []string, start time.Time) *uploadMeter {
+	m := &uploadMeter{lab: lab, seed: seed, hosts: hosts, start: start, stop: make(chan struct{}), done: make(chan struct{})}
 	go m.run(ctx)
 	return m
 }
 
 func (m *uploadMeter) run(ctx context.Context) {
 	defer close(m.done)
-	prev, err := portBytes(ctx, m.lab)
+	prev, err := m.lab.PortCounters(ctx)
 	if err != nil {
 		return
 	}
@@ -322,23 +292,22 @@ func (m *uploadMeter) run(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		cur, err := portBytes(ctx, m.lab)
+		cur, err := m.lab.PortCounters(ctx)
 		if err != nil {
 			continue
 		}
 		now := time.Now()
 		secs := now.Sub(prevT).Seconds()
 		var total uint64
-		up, down := make(map[string]float64, len(m.ports)), make(map[string]float64, len(m.ports))
-		for p, host := range m.ports {
-			// A bridge port receives what its host sends, and sends what its host receives.
-			total += cur[p].rx - prev[p].rx
-			up[host] = float64(cur[p].rx-prev[p].rx) / 1e6 / secs
-			down[host] = float64(cur[p].tx-prev[p].tx) / 1e6 / secs
+		up, down := make(map[string]float64, len(m.hosts)), make(map[string]float64, len(m.hosts))
+		for _, h := range m.hosts {
+			total += cur[h].Sent - prev[h].Sent
+			up[h] = float64(cur[h].Sent-prev[h].Sent) / 1e6 / secs
+			down[h] = float64(cur[h].Received-prev[h].Received) / 1e6 / secs
 		}
 		m.samples = append(m.samples, uploadSample{
 			T:     now.Sub(m.start).Seconds(),
-			Seed:  float64(cur[m.seed].rx-prev[m.seed].rx) / 1e6 / secs,
+			Seed:  float64(cur[m.seed].Sent-prev[m.seed].Sent) / 1e6 / secs,
 			Total: float64(total) / 1e6 / secs,
 			Up:    up,
 			Down:  down,

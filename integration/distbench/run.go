@@ -189,14 +189,14 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 	if err != nil {
 		return r, err
 	}
-	ports := map[string]string{c.Seeds[0].Host.Port: c.Seeds[0].Host.Name}
+	daemons := []string{c.Seeds[0].Host.Name}
 	for _, p := range c.Peers {
-		ports[p.Host.Port] = p.Host.Name
+		daemons = append(daemons, p.Host.Name)
 	}
 	done := make([]time.Duration, n)
 	errs := make([]error, n)
 	start := time.Now()
-	uploads := startUploadMeter(ctx, cfg.lab, c.Seeds[0].Host.Port, ports, start)
+	uploads := startUploadMeter(ctx, c.Lab, c.Seeds[0].Host.Name, daemons, start)
 	var wg sync.WaitGroup
 	for i, p := range c.Peers {
 		wg.Go(func() {

@@ -103,6 +103,10 @@ func TestReach(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ports0, err := l.PortCounters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
 		conn, err := b.Dial(ctx, "tcp", netip.AddrPortFrom(a.Addr, 7001))
 		if err != nil {
 			t.Fatal(err)
@@ -115,6 +119,15 @@ func TestReach(t *testing.T) {
 		}
 		if rx, _, err := b.Counters(ctx); err != nil || rx <= rx0 {
 			t.Errorf("b's eth0 received %d bytes before, %d after, %v; want more after", rx0, rx, err)
+		}
+		ports, err := l.PortCounters(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, h := range []*Host{a, b} {
+			if ports[h.Name].Sent <= ports0[h.Name].Sent || ports[h.Name].Received <= ports0[h.Name].Received {
+				t.Errorf("%s's port counted %+v before, %+v after; want more sent and received", h.Name, ports0[h.Name], ports[h.Name])
+			}
 		}
 		// The listener is a's alone: the driver reaches it on a's address only.
 		if conn, err := net.DialTimeout("tcp", "127.0.0.1:7001", time.Second); err == nil {
