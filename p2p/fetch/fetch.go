@@ -48,9 +48,11 @@ type Reporter interface {
 	BlockFailed(task layer.TaskID, index int, parentID string, reason Reason, err error)
 }
 
-// Landing is told of each verified block before the cache commits it, and of the digests
-// learnt from producers, to pass them on (tasks.Registry).
+// Landing is told of each request for a block going out to a parent and ending without it,
+// of each verified block before the cache commits it, and of the digests learnt from
+// producers, to pass them on (tasks.Registry).
 type Landing interface {
+	Arriving(task layer.TaskID, index int, on bool)
 	Landed(task layer.TaskID, index int)
 	LearnDigests(task layer.TaskID, from int, ds []layer.BlockDigest, total int)
 }
@@ -111,7 +113,10 @@ type Fetcher struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
 	known map[string]*parentState
-	freed chan struct{} // closed and replaced when a request ends
+	freed chan struct{} // closed and replaced when a request ends or a queued block leaves
+	// queued holds the blocks waiting for a request slot at a parent (every parent they may
+	// ask has MaxPerParent in flight), each with the parents it lacked; see choose.
+	queued map[int]map[*parentState]time.Time
 	// lackRefreshed is when a block that every parent lacked last asked for more parents.
 	lackRefreshed time.Time
 	digests       []layer.BlockDigest // verified digests known, a prefix of the table
@@ -162,6 +167,7 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 	f := &Fetcher{
 		client: client, task: task, parents: src, wait: DefaultWait, now: time.Now,
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState), freed: make(chan struct{}),
+		queued:  make(map[int]map[*parentState]time.Time),
 		digests: task.Digests, total: total,
 	}
 	for _, o := range opts {
@@ -206,12 +212,19 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		lacked = make(map[*parentState]time.Time)
 	)
 	for attempt := 0; attempt < maxAttempts; {
+		chose := time.Now()
 		p, err := f.choose(ctx, key.Index, lacked)
+		if d := time.Since(chose); d > 200*time.Millisecond && err == nil {
+			log.G(ctx).WithFields(log.Fields{"task": f.task.ID, "block": key.Index, "parent": p.Addr, "waited": d}).Debug("waited for a parent")
+		}
 		if err != nil {
 			if lastErr != nil {
 				err = fmt.Errorf("%w (last failure: %w)", err, lastErr)
 			}
 			return 0, fmt.Errorf("fetch %s: %w", key, err)
+		}
+		if f.landing != nil {
+			f.landing.Arriving(f.task.ID, key.Index, true)
 		}
 		n, err := f.fetchFrom(ctx, p, key.Index, buf[:want])
 		if err == nil && layer.DigestBlock(buf[:n]) != digest {
@@ -226,10 +239,14 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 			}
 			return n, nil
 		}
+		if f.landing != nil {
+			f.landing.Arriving(f.task.ID, key.Index, false)
+		}
 		if ctx.Err() != nil {
 			return 0, fmt.Errorf("fetch %s: %w", key, ctx.Err())
 		}
 		lastErr = err
+		log.G(ctx).WithFields(log.Fields{"task": f.task.ID, "block": key.Index, "parent": p.Addr}).WithError(err).Debug("block request failed")
 		if errors.Is(err, peer.ErrNotFound) {
 			lacked[p] = f.now().Add(notFoundBackoff)
 		}
@@ -276,8 +293,7 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p.inflight--
-	close(f.freed)
-	f.freed = make(chan struct{})
+	f.signalLocked()
 	now := f.now()
 	switch {
 	case *err == nil && n != want:
@@ -324,22 +340,35 @@ func (f *Fetcher) markBad(p *parentState) {
 // choose picks a parent for a request of block i by weighted random, asking the ParentSource
 // for more when none is usable, and waiting when there is none (the scheduler may be finding
 // the task a new source) or only parents set aside, for up to noParentTimeout.
+//
+// Blocks waiting for a request slot take them lowest index first. A node fetches more
+// blocks at once than its parents take requests, and its children ask it for the blocks it
+// has begun: one that lost the race for slots again and again kept them waiting for seconds,
+// their own slots held by those requests, and so stalled a whole branch of a tree. Children
+// read front to back, so the lowest is the one most likely waited for.
 func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]time.Time) (*parentState, error) {
 	refreshed := false
 	backoff := 50 * time.Millisecond
 	var giveUp time.Time
+	defer f.unqueue(i)
 	for {
 		f.mu.Lock()
 		p, next, full, lackedOnly := f.pickLocked(i, lacked)
+		if p != nil && f.yieldsLocked(i, p) {
+			p, full = nil, true
+		}
 		if p != nil {
 			p.inflight++
+			delete(f.queued, i)
 			f.mu.Unlock()
 			return p, nil
 		}
-		freed := f.freed
-		f.mu.Unlock()
 		if full {
-			// Every usable parent has MaxPerParent requests in flight: wait for one to end.
+			// Every usable parent has MaxPerParent requests in flight (or its next slot is
+			// a lower block's): wait for one to end.
+			f.queued[i] = lacked
+			freed := f.freed
+			f.mu.Unlock()
 			select {
 			case <-freed:
 			case <-ctx.Done():
@@ -347,6 +376,8 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]tim
 			}
 			continue
 		}
+		f.mu.Unlock()
+		f.unqueue(i)
 		if lackedOnly && !f.lackRefreshDue() {
 			// Parents that lack this block for now: wait for the first to be asked again
 			// rather than ask the scheduler for more on every such block.
@@ -386,6 +417,35 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]tim
 		}
 		refreshed = false
 	}
+}
+
+// yieldsLocked reports whether block i should leave parent p's free slot to a lower block
+// queued for one that may ask p.
+func (f *Fetcher) yieldsLocked(i int, p *parentState) bool {
+	now := f.now()
+	for j, lacked := range f.queued {
+		if j < i && !now.Before(p.until) && !lacked[p].After(now) {
+			return true
+		}
+	}
+	return false
+}
+
+// unqueue takes block i out of the slot queue; if it was there, the blocks behind it look
+// again for a slot.
+func (f *Fetcher) unqueue(i int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.queued[i]; ok {
+		delete(f.queued, i)
+		f.signalLocked()
+	}
+}
+
+// signalLocked wakes the blocks waiting for a request slot.
+func (f *Fetcher) signalLocked() {
+	close(f.freed)
+	f.freed = make(chan struct{})
 }
 
 // pickLocked returns a usable parent for block i. If there is none, it returns when the

@@ -24,12 +24,13 @@ type Registry struct {
 }
 
 type task struct {
-	receiving bool     // blocks not held yet may still land
-	producer  bool     // this node's seed pass produces the task's digests
-	relaying  bool     // this node passes on digests it got from a producer
-	held      []bool   // by block index; grows as blocks land
-	source    bool     // this node read the task from its registry (a seed pass)
-	served    []copies // by block index, for a source: copies served lately
+	receiving bool        // blocks not held yet may still land
+	producer  bool        // this node's seed pass produces the task's digests
+	relaying  bool        // this node passes on digests it got from a producer
+	held      []bool      // by block index; grows as blocks land
+	arriving  map[int]int // requests out to parents, by block index (see Arriving)
+	source    bool        // this node read the task from its registry (a seed pass)
+	served    []copies    // by block index, for a source: copies served lately
 	digests   []layer.BlockDigest
 	complete  bool              // digests is the whole, verified table
 	refill    blockcache.Filler // refills evicted blocks, or nil
@@ -43,12 +44,13 @@ type task struct {
 // seed has read that message.
 const unknownTaskGrace = 5 * time.Second
 
-// notYetWait is how long a request for a block this node is receiving, but has not begun to
-// fetch, waits for the fetch to begin (once begun, the request waits for it to land). A
-// seed's pass produces blocks in order, so a request to it waits as long as the requester
-// allows. A peer fetches a window of blocks in the order its own parents make best, so a
-// block it has not begun may be far off: the requester does better to ask someone else soon.
-// The short wait covers a child in a tree a step ahead of its only parent.
+// notYetWait is how long a request for a block this node is receiving, but not receiving
+// now, waits for a request for it to go out to a parent (once out, the request waits for the
+// block to land). A seed's pass produces blocks in order, so a request to it waits as long
+// as the requester allows. A peer fetches a window of blocks in the order its own parents
+// make best, and asks its parents for only a few at a time: a block it has not asked for
+// may be far off, and the requester does better to ask someone else soon. The short wait
+// covers a child in a tree a step ahead of its only parent.
 const notYetWait = 100 * time.Millisecond
 
 // sourceCopies is how many copies of a block a seed serves within copiesWindow while its
@@ -150,6 +152,29 @@ func (r *Registry) Landed(id layer.TaskID, i int) {
 	defer r.mu.Unlock()
 	t := r.taskLocked(id)
 	t.setHeld(i)
+	delete(t.arriving, i)
+	t.signal()
+}
+
+// Arriving records that a request for block i of id went out to a parent (on), or ended
+// without the block (off). Children asking for a block wait for it while it is arriving,
+// and only briefly otherwise: a block this node has begun may be queued behind others, and
+// a child that waited for it kept its own request slot, and its children, idle.
+func (r *Registry) Arriving(id layer.TaskID, i int, on bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	switch {
+	case on:
+		if t.arriving == nil {
+			t.arriving = make(map[int]int)
+		}
+		t.arriving[i]++
+	case t.arriving[i] > 1:
+		t.arriving[i]--
+	default:
+		delete(t.arriving, i)
+	}
 	t.signal()
 }
 
@@ -296,7 +321,7 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		}
 		held := i < len(t.held) && t.held[i]
 		refill, receiving, changed := t.refill, t.receiving, t.changed
-		producer := t.producer
+		producer, arriving := t.producer, t.arriving[i] > 0
 		if held && t.source && !t.complete {
 			if i >= len(t.served) {
 				t.served = append(t.served, make([]copies, i+1-len(t.served))...)
@@ -327,16 +352,24 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 			r.evicted(id, i)
 			return nil, fmt.Errorf("block %s was evicted: %w", key, peer.ErrNotHeld)
 		}
-		// Not landed yet: a fill may be in flight already.
-		if b, err := r.cache.Lookup(ctx, key); err == nil {
-			return b, nil
-		} else if !errors.Is(err, blockcache.ErrNotCached) {
-			return nil, err
-		}
 		if !receiving {
+			if b, err := r.cache.Lookup(ctx, key); err == nil { // a fill may be in flight
+				return b, nil
+			} else if !errors.Is(err, blockcache.ErrNotCached) {
+				return nil, err
+			}
 			return nil, fmt.Errorf("block %s: %w", key, peer.ErrNotHeld)
 		}
-		if !producer && notYet == nil {
+		if producer {
+			// The pass produces blocks in order: one not landed may be committing now.
+			if b, err := r.cache.Lookup(ctx, key); err == nil {
+				return b, nil
+			} else if !errors.Is(err, blockcache.ErrNotCached) {
+				return nil, err
+			}
+		} else if arriving {
+			notYet = nil // wait for it to land, however long it was not arriving before
+		} else if notYet == nil {
 			timer := time.NewTimer(notYetWait)
 			defer timer.Stop()
 			notYet = timer.C

@@ -105,13 +105,19 @@ func TestBlockWaitsForALandingBlock(t *testing.T) {
 	}
 }
 
-func TestBlockNotBegunByAPeer(t *testing.T) {
+func TestBlockNotArriving(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		setup    func(*Registry)
 		wantWait bool // waits until the caller's deadline rather than answering NotHeld soon
 	}{
 		{"a peer that has not begun the block answers soon", func(r *Registry) { r.Expect(id); r.Landed(id, 3) }, false},
+		{"a peer whose request for the block is out waits for it", func(r *Registry) { r.Expect(id); r.Arriving(id, 5, true) }, true},
+		{"a peer whose request ended without the block answers soon", func(r *Registry) {
+			r.Expect(id)
+			r.Arriving(id, 5, true)
+			r.Arriving(id, 5, false)
+		}, false},
 		{"a seed pass waits for the block it will produce", func(r *Registry) { r.StartPass(id) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
