@@ -8,13 +8,16 @@ import (
 // task at once, each front to back, hold the same blocks at the same time and have nothing to
 // give each other: everything then comes down the few paths from the seed. So within a band
 // of blocks ahead of the reader (which checks the stream front to back, and bounds what is
-// held unread), a peer takes the block the fewest of its parents hold, at least one, ties
-// broken at random: peers hold different blocks and trade them, and a block only the seed
-// has goes to one peer, not to all. A peer with a single parent (a tree) has no one to differ
-// from: it breaks ties by taking the first, so that it follows its parent's order and its
-// own children can follow it. When no parent holds a block of the band yet (they are all at
-// the producer's frontier), it takes the first block not begun, which its parents serve the
-// moment it lands.
+// held unread), a peer with several parents takes the block the fewest of them hold, at least
+// one, ties broken at random: peers hold different blocks and trade them, and a block only
+// the seed has goes to one peer, not to all. It begins no block that none of its parents
+// holds: each would ask for it anyway, and wait at parents that wait in turn at theirs,
+// holding their request slots for seconds; the next bitmaps show what arrived.
+//
+// A peer with a single parent (a tree) has no one to differ from: it takes blocks front to
+// back, those its parent does not hold yet too, so that it follows its parent's order, its
+// requests wait at the parent for the blocks arriving there (a pipeline), and its own
+// children can follow it.
 //
 // It is not safe for concurrent use.
 type rarestFirst struct {
@@ -28,9 +31,9 @@ func newRarestFirst(band int, seed uint64) *rarestFirst {
 }
 
 // next returns the block to begin, given the reader's position from, the task's block count
-// total (-1 while unknown), holders(i), how many parents hold block i, and whether to break
-// ties at random; ok is false when every block of the band is begun.
-func (r *rarestFirst) next(from, total int, holders func(i int) int, random bool) (i int, ok bool) {
+// total (-1 while unknown), holders(i), how many parents hold block i, and whether this peer
+// has several parents; ok is false when no block of the band is to begin now.
+func (r *rarestFirst) next(from, total int, holders func(i int) int, severalParents bool) (i int, ok bool) {
 	end := from + r.band
 	if total >= 0 {
 		end = min(end, total)
@@ -51,12 +54,12 @@ func (r *rarestFirst) next(from, total int, holders func(i int) int, random bool
 			best, bestHolders, ties = j, h, 1
 		case h == bestHolders:
 			ties++
-			if random && r.rng.IntN(ties) == 0 { // reservoir sampling: each tie equally likely
+			if severalParents && r.rng.IntN(ties) == 0 { // reservoir sampling: each tie equally likely
 				best = j
 			}
 		}
 	}
-	if best < 0 {
+	if best < 0 && !severalParents {
 		best = first
 	}
 	if best < 0 {

@@ -12,12 +12,15 @@ func TestRarestFirst(t *testing.T) {
 		total   int
 		holders []int // by block; blocks past it have none
 		begun   []int
+		several bool  // several parents
 		want    []int // the order of next calls, until ok is false
 	}{
-		{"nobody holds anything: front to back", 4, -1, nil, nil, []int{0, 1, 2, 3}},
-		{"the held blocks first, rarest first", 4, -1, []int{0, 3, 1, 0}, nil, []int{2, 1, 0, 3}},
-		{"begun blocks are skipped", 4, -1, []int{1, 1, 1, 1}, []int{0, 1, 2}, []int{3}},
-		{"the band ends at the task's end", 8, 3, []int{0, 0, 0, 5, 5}, nil, []int{0, 1, 2}},
+		{"one parent, nothing held: front to back", 4, -1, nil, nil, false, []int{0, 1, 2, 3}},
+		{"several parents, nothing held: nothing begins", 4, -1, nil, nil, true, nil},
+		{"several parents: the held blocks, rarest first, and no other", 4, -1, []int{0, 3, 1, 0}, nil, true, []int{2, 1}},
+		{"one parent: the held blocks, then front to back", 4, -1, []int{0, 1, 1, 0}, nil, false, []int{1, 2, 0, 3}},
+		{"begun blocks are skipped", 4, -1, []int{1, 1, 1, 1}, []int{0, 1, 2}, true, []int{3}},
+		{"the band ends at the task's end", 8, 3, []int{0, 0, 0, 5, 5}, nil, false, []int{0, 1, 2}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -33,7 +36,7 @@ func TestRarestFirst(t *testing.T) {
 			}
 			var got []int
 			for {
-				i, ok := r.next(0, tt.total, holders, true)
+				i, ok := r.next(0, tt.total, holders, tt.several)
 				if !ok {
 					break
 				}

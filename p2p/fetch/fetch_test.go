@@ -387,3 +387,120 @@ func TestRequestsToOneParentAreBounded(t *testing.T) {
 		t.Fatalf("the parent had up to %d requests at once; want 2 to %d", counter.most, fetch.MaxPerParent)
 	}
 }
+
+// heldBackHolder holds every Block request until the test lets one through, and tells the
+// test of each request as it arrives.
+type heldBackHolder struct {
+	peer.Holder
+	arrived chan int      // the index of each request, as it arrives
+	release chan struct{} // one token lets one held request through; closed, all
+}
+
+func (h *heldBackHolder) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
+	select {
+	case h.arrived <- i:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case <-h.release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return h.Holder.Block(ctx, id, i)
+}
+
+// waitQueued waits until n blocks of f wait for a request slot.
+func waitQueued(t *testing.T, f *fetch.Fetcher, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for got := fetch.QueuedBlocks(f); got != n; got = fetch.QueuedBlocks(f) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d blocks wait for a request slot; want %d", got, n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestQueuedBlocksTakeFreedSlotsLowestFirst(t *testing.T) {
+	const queued = 3 * fetch.MaxPerParent
+	total := queued + fetch.MaxPerParent
+	tt := newTestTask(total * blockSize)
+	holder := &heldBackHolder{arrived: make(chan int, 4*total), release: make(chan struct{})}
+	seed := newNode(t, "seed", func(r *tasks.Registry) peer.Holder {
+		holder.Holder = r
+		return holder
+	})
+	tt.seed(t, seed, nil)
+	f, err := fetch.New(peer.NewClient(), fetch.Task{ID: tt.id, Size: int64(len(tt.data)), BlockSize: blockSize, Digests: tt.table.Digests},
+		parents{{ID: "seed", Addr: seed.addr, Vouches: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		wg   sync.WaitGroup
+		errs = make([]error, total)
+	)
+	fill := func(i int) {
+		wg.Go(func() {
+			buf := make([]byte, blockSize)
+			n, err := f.FillBlock(t.Context(), layer.BlockKey{Task: tt.id, Index: i}, buf)
+			if err == nil && !bytes.Equal(buf[:n], tt.block(i)) {
+				err = errors.New("wrong bytes")
+			}
+			errs[i] = err
+		})
+	}
+	releaseAll := sync.OnceFunc(func() { close(holder.release) })
+	t.Cleanup(func() {
+		releaseAll()
+		wg.Wait()
+	})
+	next := func() int {
+		t.Helper()
+		select {
+		case i := <-holder.arrived:
+			return i
+		case <-time.After(10 * time.Second):
+			t.Fatal("the parent got no request within 10 s")
+			return -1
+		}
+	}
+
+	// The last blocks take every slot at the parent and are held there.
+	for i := queued; i < total; i++ {
+		fill(i)
+	}
+	for range fetch.MaxPerParent {
+		if i := next(); i < queued {
+			t.Fatalf("the parent got block %d first; want one of %d to %d", i, queued, total-1)
+		}
+	}
+	// The others queue for a slot highest first: each waits before a lower one arrives.
+	for i := queued - 1; i >= 0; i-- {
+		fill(i)
+		waitQueued(t, f, queued-i)
+	}
+	// One slot frees at a time: each goes to the lowest block still queued.
+	var got []int
+	for range queued {
+		select {
+		case holder.release <- struct{}{}:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no request was held at the parent for 10 s")
+		}
+		got = append(got, next())
+	}
+	for i, b := range got {
+		if b != i {
+			t.Fatalf("the parent got the queued blocks in order %v; want 0 to %d in order", got, queued-1)
+		}
+	}
+	releaseAll()
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("block %d: %v", i, err)
+		}
+	}
+}
