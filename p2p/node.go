@@ -333,7 +333,8 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.Bloc
 		mu.Lock()
 		defer mu.Unlock()
 		for inflight < n.window && pctx.Err() == nil {
-			i, ok := order.next(reader, f.Total(), f.Holders, f.Parents() > 1)
+			// A primary parent is followed as a tree's single parent is.
+			i, ok := order.next(reader, f.Total(), f.Holders, f.Parents() > 1 && !f.HasPrimary())
 			if !ok {
 				return
 			}

@@ -15,8 +15,9 @@ import (
 
 // scored is a chosen parent and its score.
 type scored struct {
-	p     *peer
-	score float64
+	p       *peer
+	score   float64
+	primary bool // the peer's primary parent in a DAG (chain.go)
 }
 
 // parentsFor decides p's parents now, at most k, skipping those excluded (may be nil), and
@@ -28,6 +29,7 @@ func (s *Scheduler) parentsFor(p *peer, k int, excluded []string) []scored {
 	if p.provider() {
 		if t.dag != nil {
 			_ = t.dag.SetParents(p.node, nil)
+			t.setPrimary(p, nil)
 		}
 		delete(t.starving, p)
 		return nil
@@ -65,7 +67,7 @@ func (s *Scheduler) decide(p *peer, k int, excluded []string) []scored {
 			c := s.candidate(p, treeParent)
 			c.Slow = false
 			if !s.filter.Bad(&c) {
-				out = []scored{{treeParent, s.eval.Score(p.host.sel, &c)}}
+				out = []scored{{p: treeParent, score: s.eval.Score(p.host.sel, &c)}}
 				break
 			}
 		}
@@ -75,6 +77,7 @@ func (s *Scheduler) decide(p *peer, k int, excluded []string) []scored {
 		out = s.choose(p, k, excluded)
 	case ModeDAG:
 		out = s.choose(p, k, excluded)
+		out = s.withPrimary(p, out, k, excluded)
 		parents := make([]*topology.Node[*peer], len(out))
 		for i, c := range out {
 			parents[i] = c.p.node
@@ -85,6 +88,11 @@ func (s *Scheduler) decide(p *peer, k int, excluded []string) []scored {
 			log.L.WithError(err).WithFields(log.Fields{"task": t.id, "peer": p.id}).Error("chosen parents refused by the DAG")
 			out = nil
 		}
+		var primary *peer
+		if len(out) > 0 {
+			primary = out[0].p
+		}
+		t.setPrimary(p, primary)
 	}
 	return out
 }
@@ -110,7 +118,7 @@ func (s *Scheduler) choose(p *peer, k int, excluded []string) []scored {
 			continue
 		}
 		accepted++
-		sc := scored{c, s.eval.Score(p.host.sel, &cand)}
+		sc := scored{p: c, score: s.eval.Score(p.host.sel, &cand)}
 		// Insert into best, kept sorted by score, highest first; ties keep sampling order.
 		j := len(best)
 		for j > 0 && best[j-1].score < sc.score {
@@ -145,7 +153,7 @@ func (s *Scheduler) lastResort(p *peer, k int, excluded []string) []scored {
 		if cand.Self || cand.Excluded || cand.Descendant || cand.Corrupt {
 			continue
 		}
-		out = append(out, scored{c, s.eval.Score(p.host.sel, &cand)})
+		out = append(out, scored{p: c, score: s.eval.Score(p.host.sel, &cand)})
 	}
 	return out
 }
@@ -241,6 +249,7 @@ func candidateList(out []scored) []*schedulerv1.CandidateParent {
 	list := make([]*schedulerv1.CandidateParent, len(out))
 	for i, c := range out {
 		list[i] = candidateProto(c.p, c.score)
+		list[i].Primary = c.primary
 	}
 	return list
 }

@@ -92,6 +92,7 @@ func (s *Scheduler) task(ctx context.Context, id string, blockSize uint32, size 
 			t.tree = topology.NewTree[*peer](s.opts.fanOut)
 		case ModeDAG:
 			t.dag = topology.NewDAG[*peer]()
+			t.tails = make(map[*peer]struct{})
 		}
 		s.tasks[id] = t
 		log.G(ctx).WithFields(log.Fields{"task": id, "mode": mode}).Debug("new task")
@@ -149,6 +150,7 @@ func (s *Scheduler) addPeer(t *task, h *host) *peer {
 		t.tree.Add(p)
 	case ModeDAG:
 		p.node = t.dag.Add(p)
+		t.tails[p] = struct{}{}
 	}
 	return p
 }
@@ -256,6 +258,7 @@ func (s *Scheduler) makeSource(ctx context.Context, t *task, p *peer, seed bool,
 		}
 	case ModeDAG:
 		_ = t.dag.SetParents(p.node, nil)
+		t.setPrimary(p, nil)
 	}
 	s.kick(t)
 }
@@ -398,9 +401,14 @@ func (s *Scheduler) removePeer(ctx context.Context, p *peer, why error, failed b
 	case ModeTree:
 		affected = t.tree.Remove(p)
 	case ModeDAG:
+		t.setPrimary(p, nil)
 		for _, n := range t.dag.Remove(p.node) {
+			if c := n.Value; c.primary == p {
+				t.setPrimary(c, nil)
+			}
 			affected = append(affected, n.Value)
 		}
+		delete(t.tails, p)
 	}
 	if len(t.peers) == 0 {
 		delete(s.tasks, t.id)

@@ -118,39 +118,43 @@ func TestReportsMakeParentsBad(t *testing.T) {
 		return &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_NewBlocks{NewBlocks: &schedulerv1.NewBlocks{Indexes: idx, FetchDurationUs: us}}}
 	}
 	slowHistory := append(slices.Repeat([]*schedulerv1.ProgressReport{blocks(10_000, 1)}, selection.MinSamples+2), blocks(200_000, 2))
+	mismatch := []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH)}
 	tests := []struct {
 		name    string
-		reports []*schedulerv1.ProgressReport // from the child, about the parent
+		reports []*schedulerv1.ProgressReport // from the child c, about the parent
 		later   time.Duration                 // then the clock moves on by this much
 		wantBad bool
-		peer    bool // the parent is the peer a, not the source
+		parent  string // of c: "src" (the source), "a", or "b" (c's primary)
 	}{
-		{"digest mismatch", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_DIGEST_MISMATCH)}, 0, true, false},
-		{"two timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, false, false},
-		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, true, false},
-		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, 0, false, false},
-		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, 0, false, false},
-		{"slow block after a steady history", slowHistory, 0, true, true},
-		{"a slow mark lapses", slowHistory, selection.SlowFor, false, true},
-		{"a source is never slow", slowHistory, 0, false, false},
+		{"digest mismatch", mismatch, 0, true, "src"},
+		{"two timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, false, "src"},
+		{"three timeouts", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_CONNECTION)}, 0, true, "src"},
+		{"failures reset by a block", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT), blocks(1000, 1), fail(schedulerv1.FailureReason_FAILURE_REASON_TIMEOUT)}, 0, false, "src"},
+		{"busy is not bad", []*schedulerv1.ProgressReport{fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY), fail(schedulerv1.FailureReason_FAILURE_REASON_BUSY)}, 0, false, "src"},
+		{"slow block after a steady history", slowHistory, 0, true, "a"},
+		{"a slow mark lapses", slowHistory, selection.SlowFor, false, "a"},
+		{"a source is never slow", slowHistory, 0, false, "src"},
+		{"a slow primary parent stays", slowHistory, 0, false, "b"},
+		{"a corrupt primary parent goes", mismatch, 0, true, "b"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t)
-			for _, h := range []string{"src", "a", "b"} {
+			for _, h := range []string{"src", "a", "b", "c"} {
 				e.announce(h, normal)
 			}
-			src := e.register("src", taskID(1), true)
-			a := e.register("a", taskID(1), true)
-			if !slices.Equal(ids(a.Candidates), []string{src.PeerId}) {
-				t.Fatalf("got %v; want the source peer", ids(a.Candidates))
+			peers := map[string]*schedulerv1.RegisterPeerResponse{"src": e.register("src", taskID(1), true)}
+			peers["a"] = e.register("a", taskID(1), true)
+			if !slices.Equal(ids(peers["a"].Candidates), []string{peers["src"].PeerId}) {
+				t.Fatalf("got %v; want the source peer", ids(peers["a"].Candidates))
 			}
-			b := e.register("b", taskID(1), true) // parents: src and a
-			parent := src.PeerId
-			if tt.peer {
-				parent = a.PeerId
+			peers["b"] = e.register("b", taskID(1), true) // parents: a (primary) and src
+			c := e.register("c", taskID(1), true)         // parents: b (primary), a and src
+			if got := primaryOf(c.Candidates); got != peers["b"].PeerId {
+				t.Fatalf("c's primary parent is %q; want b's peer %s", got, peers["b"].PeerId)
 			}
-			pb := e.open(b.PeerId, taskID(1))
+			parent := peers[tt.parent].PeerId
+			pc := e.open(c.PeerId, taskID(1))
 			for _, r := range tt.reports {
 				r = proto.Clone(r).(*schedulerv1.ProgressReport)
 				if bf := r.GetBlockFailure(); bf != nil {
@@ -159,10 +163,10 @@ func TestReportsMakeParentsBad(t *testing.T) {
 				if nb := r.GetNewBlocks(); nb != nil {
 					nb.ParentPeerId = parent
 				}
-				e.report(pb, r)
+				e.report(pc, r)
 			}
 			e.clk.Advance(tt.later)
-			resp, err := e.s.GetCandidateParents(e.ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: b.PeerId, TaskId: taskID(1)})
+			resp, err := e.s.GetCandidateParents(e.ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: c.PeerId, TaskId: taskID(1)})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -171,6 +175,16 @@ func TestReportsMakeParentsBad(t *testing.T) {
 			}
 		})
 	}
+}
+
+// primaryOf returns the peer id of the primary parent among cs, or "".
+func primaryOf(cs []*schedulerv1.CandidateParent) string {
+	for _, c := range cs {
+		if c.GetPrimary() {
+			return c.GetPeerId()
+		}
+	}
+	return ""
 }
 
 // TestTreeKeepsASlowParent: in a tree, a slow parent keeps its children (moving them would

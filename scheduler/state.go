@@ -50,10 +50,11 @@ type task struct {
 	tree  *topology.Tree[*peer] // ModeTree
 	dag   *topology.DAG[*peer]  // ModeDAG
 
-	providers    int             // peers that are sources or complete
-	backToSource int             // peers sent back to the source, not complete
-	failedSeeds  map[string]bool // seed hosts that failed this task: not asked again
-	starving     map[*peer]bool  // peers that fetch but got no parent
+	providers    int                // peers that are sources or complete
+	backToSource int                // peers sent back to the source, not complete
+	failedSeeds  map[string]bool    // seed hosts that failed this task: not asked again
+	starving     map[*peer]bool     // peers that fetch but got no parent
+	tails        map[*peer]struct{} // ModeDAG: peers no one has as primary parent (chain.go)
 }
 
 // peer is one host taking part in one task.
@@ -63,9 +64,14 @@ type peer struct {
 	host *host
 	task *task
 
-	index     int                   // in task.peers
-	node      *topology.Node[*peer] // in task.dag (ModeDAG)
-	hasSource bool                  // registered with a TaskSource: can be sent back to the source
+	index int                   // in task.peers
+	node  *topology.Node[*peer] // in task.dag (ModeDAG)
+	// primary is its primary parent in a DAG, and primaryChildren how many peers have it
+	// as theirs (chain.go).
+	primary         *peer
+	primaryChildren int
+	chainDepth      int  // primary hops from a peer with none, when the primary was set
+	hasSource       bool // registered with a TaskSource: can be sent back to the source
 	// source is true for a peer that reads the task from its registry: the seed peer the
 	// scheduler made, or a peer sent back to the source (backToSource then true too).
 	source       bool

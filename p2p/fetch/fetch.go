@@ -23,6 +23,9 @@ type Parent struct {
 	// Vouches says the parent can serve the task's digests: a seed, or a peer that holds
 	// the whole verified task.
 	Vouches bool
+	// Primary marks the parent to ask for every block, and wait for, while it is usable;
+	// the others stand by (the scheduler chains a DAG's peers through their primaries).
+	Primary bool
 }
 
 // ParentSource supplies candidate parents for a task: the scheduler, or a fixed list.
@@ -89,6 +92,10 @@ const (
 	// lackRefreshInterval spaces the requests for more parents made because every parent
 	// lacked a block.
 	lackRefreshInterval = time.Second
+	// primaryLacks is how many times in a row the primary parent may lack a block before it
+	// is asked of the others: a primary a step behind gets the block soon, and its uplink
+	// is the one its child should use.
+	primaryLacks = 3
 )
 
 // MaxPerParent bounds the requests in flight to one parent. A parent sends what it is asked
@@ -116,7 +123,9 @@ type Fetcher struct {
 	freed chan struct{} // closed and replaced when a request ends or a queued block leaves
 	// queued holds the blocks waiting for a request slot at a parent (every parent they may
 	// ask has MaxPerParent in flight), each with the parents it lacked; see choose.
-	queued map[int]map[*parentState]time.Time
+	queued map[int]lacks
+	// primary is the parent to ask first, if the ParentSource named one.
+	primary *parentState
 	// lackRefreshed is when a block that every parent lacked last asked for more parents.
 	lackRefreshed time.Time
 	digests       []layer.BlockDigest // verified digests known, a prefix of the table
@@ -167,7 +176,7 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 	f := &Fetcher{
 		client: client, task: task, parents: src, wait: DefaultWait, now: time.Now,
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState), freed: make(chan struct{}),
-		queued:  make(map[int]map[*parentState]time.Time),
+		queued:  make(map[int]lacks),
 		digests: task.Digests, total: total,
 	}
 	for _, o := range opts {
@@ -209,7 +218,7 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		// count against a time limit, not against maxAttempts.
 		giveUp = f.now().Add(noParentTimeout)
 		// lacked sets aside, for this block only, the parents that did not have it.
-		lacked = make(map[*parentState]time.Time)
+		lacked = make(lacks)
 	)
 	for attempt := 0; attempt < maxAttempts; {
 		chose := time.Now()
@@ -248,7 +257,9 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		lastErr = err
 		log.G(ctx).WithFields(log.Fields{"task": f.task.ID, "block": key.Index, "parent": p.Addr}).WithError(err).Debug("block request failed")
 		if errors.Is(err, peer.ErrNotFound) {
-			lacked[p] = f.now().Add(notFoundBackoff)
+			l := lacked[p]
+			l.until, l.n = f.now().Add(notFoundBackoff), l.n+1
+			lacked[p] = l
 		}
 		if !errors.Is(err, peer.ErrBusy) && !errors.Is(err, peer.ErrNotFound) {
 			attempt++
@@ -346,7 +357,7 @@ func (f *Fetcher) markBad(p *parentState) {
 // has begun: one that lost the race for slots again and again kept them waiting for seconds,
 // their own slots held by those requests, and so stalled a whole branch of a tree. Children
 // read front to back, so the lowest is the one most likely waited for.
-func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]time.Time) (*parentState, error) {
+func (f *Fetcher) choose(ctx context.Context, i int, lacked lacks) (*parentState, error) {
 	refreshed := false
 	backoff := 50 * time.Millisecond
 	var giveUp time.Time
@@ -424,7 +435,7 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked map[*parentState]tim
 func (f *Fetcher) yieldsLocked(i int, p *parentState) bool {
 	now := f.now()
 	for j, lacked := range f.queued {
-		if j < i && !now.Before(p.until) && !lacked[p].After(now) {
+		if j < i && !now.Before(p.until) && !lacked[p].until.After(now) {
 			return true
 		}
 	}
@@ -448,14 +459,34 @@ func (f *Fetcher) signalLocked() {
 	f.freed = make(chan struct{})
 }
 
-// pickLocked returns a usable parent for block i. If there is none, it returns when the
+// lacks records, for one block, the parents that did not have it: until when each is set
+// aside for it, and how many times it lacked it.
+type lacks map[*parentState]lack
+
+type lack struct {
+	until time.Time
+	n     int
+}
+
+// pickLocked returns a usable parent for block i: the primary parent, if there is one and
+// it is usable and has not lacked the block primaryLacks times, waiting for it when it is
+// full or lacked the block lately; otherwise one of the others. If there is none, it returns when the
 // first parent set aside is usable again (zero if none will be), whether that one is set
 // aside only for lacking block i, and whether some parents are usable but have MaxPerParent
 // requests in flight. A parent weighs its measured rate shared by its requests in flight,
 // much less when it reported no free slot, and much less when its last bitmap lacked block
 // i (it may have it since, or be about to: asking it then waits for it).
-func (f *Fetcher) pickLocked(i int, lacked map[*parentState]time.Time) (_ *parentState, next time.Time, full, lackedOnly bool) {
+func (f *Fetcher) pickLocked(i int, lacked lacks) (_ *parentState, next time.Time, full, lackedOnly bool) {
 	now := f.now()
+	if q := f.primary; q != nil && !q.bad && !now.Before(q.until) && lacked[q].n < primaryLacks {
+		switch {
+		case lacked[q].until.After(now):
+			return nil, lacked[q].until, false, true
+		case q.inflight >= MaxPerParent:
+			return nil, time.Time{}, true, false
+		}
+		return q, time.Time{}, false, false
+	}
 	var (
 		total float64
 		cands []*parentState
@@ -466,8 +497,8 @@ func (f *Fetcher) pickLocked(i int, lacked map[*parentState]time.Time) (_ *paren
 			continue
 		}
 		until, forBlock := p.until, false
-		if l, ok := lacked[p]; ok && l.After(until) {
-			until, forBlock = l, true
+		if l, ok := lacked[p]; ok && l.until.After(until) {
+			until, forBlock = l.until, true
 		}
 		if now.Before(until) {
 			if next.IsZero() || until.Before(next) {
@@ -557,6 +588,14 @@ func (f *Fetcher) lackRefreshDue() bool {
 	return true
 }
 
+// HasPrimary reports whether the ParentSource named a primary parent that did not send a
+// corrupt block.
+func (f *Fetcher) HasPrimary() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.primary != nil && !f.primary.bad
+}
+
 // Parents returns how many parents are known that did not send a corrupt block.
 func (f *Fetcher) Parents() int {
 	f.mu.Lock()
@@ -593,15 +632,25 @@ func (f *Fetcher) refresh(ctx context.Context) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// The answer names the primary parent, if any, afresh: the scheduler may have moved it.
+	for _, p := range f.known {
+		p.Primary = false
+	}
+	f.primary = nil
 	for _, p := range ps {
-		if old, ok := f.known[p.ID]; ok {
-			old.Vouches = p.Vouches
-			if old.Addr != p.Addr {
-				old.Addr, old.until = p.Addr, time.Time{}
+		st, ok := f.known[p.ID]
+		if ok {
+			st.Vouches, st.Primary = p.Vouches, p.Primary
+			if st.Addr != p.Addr {
+				st.Addr, st.until = p.Addr, time.Time{}
 			}
-			continue
+		} else {
+			st = &parentState{Parent: p, rate: initialRate, freeSlots: 1}
+			f.known[p.ID] = st
 		}
-		f.known[p.ID] = &parentState{Parent: p, rate: initialRate, freeSlots: 1}
+		if p.Primary && f.primary == nil {
+			f.primary = st
+		}
 	}
 	return nil
 }

@@ -837,7 +837,13 @@ type CandidateParent struct {
 	// True if the parent reads the task from its registry itself (the task's seed peer, or a
 	// peer sent back to the source): it produces the block digests from the source, so it can
 	// vouch for them before it is complete.
-	Source        bool `protobuf:"varint,9,opt,name=source,proto3" json:"source,omitempty"`
+	Source bool `protobuf:"varint,9,opt,name=source,proto3" json:"source,omitempty"`
+	// True for the one parent the peer should ask first, and wait for when it is still
+	// receiving a block, in a DAG: the scheduler chains peers through their primary parents,
+	// a pipeline in which every uplink carries the task about once, and the other candidates
+	// stand by for when the primary fails, stalls or lacks a block. At most one candidate of
+	// an answer is primary; none is in a tree, whose single parent plays that part.
+	Primary       bool `protobuf:"varint,10,opt,name=primary,proto3" json:"primary,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -931,6 +937,13 @@ func (x *CandidateParent) GetHostType() HostType {
 func (x *CandidateParent) GetSource() bool {
 	if x != nil {
 		return x.Source
+	}
+	return false
+}
+
+func (x *CandidateParent) GetPrimary() bool {
+	if x != nil {
+		return x.Primary
 	}
 	return false
 }
@@ -2090,7 +2103,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
 	"candidates\x18\x02 \x03(\v2&.p2pimage.scheduler.v1.CandidateParentR\n" +
 	"candidates\x12>\n" +
-	"\tdirective\x18\x03 \x01(\x0e2 .p2pimage.scheduler.v1.DirectiveR\tdirective\"\xd2\x02\n" +
+	"\tdirective\x18\x03 \x01(\x0e2 .p2pimage.scheduler.v1.DirectiveR\tdirective\"\xec\x02\n" +
 	"\x0fCandidateParent\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x17\n" +
 	"\ahost_id\x18\x02 \x01(\tR\x06hostId\x12#\n" +
@@ -2102,7 +2115,9 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"host_state\x18\x06 \x01(\v2 .p2pimage.scheduler.v1.HostStateR\thostState\x12\x14\n" +
 	"\x05score\x18\a \x01(\x01R\x05score\x12<\n" +
 	"\thost_type\x18\b \x01(\x0e2\x1f.p2pimage.scheduler.v1.HostTypeR\bhostType\x12\x16\n" +
-	"\x06source\x18\t \x01(\bR\x06source\"\xfe\x02\n" +
+	"\x06source\x18\t \x01(\bR\x06source\x12\x18\n" +
+	"\aprimary\x18\n" +
+	" \x01(\bR\aprimary\"\xfe\x02\n" +
 	"\x0eProgressReport\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12!\n" +
