@@ -14,6 +14,11 @@
 //     one of its descendants (no cycle), serving (holds blocks, reads the source, or has
 //     parents itself: a peer still receiving a task is a valid parent, its block server waits
 //     for blocks in flight), not bad (corrupt, failing, slow), with free upload slots.
+//     One of them is the peer's primary parent, which it asks first and waits for: its
+//     primary while that passes the filter (slow or not), else the newest peer that is no
+//     one's primary (a chain's tail), not deeper than maxChainDepth. Peers that join together
+//     so form a pipelined chain from the source, which carries the task over every uplink
+//     about once; the other parents stand by (chain.go).
 //   - Tree: a FaaSNet balanced tree (package topology) with its root reading the source;
 //     a peer's candidate is its tree parent, or the evaluator's best outside its subtree when
 //     the tree parent is bad or excluded.

@@ -6,3 +6,7 @@ func QueuedBlocks(f *Fetcher) int {
 	defer f.mu.Unlock()
 	return len(f.queued)
 }
+
+// PrimaryLacks is how many times in a row the primary parent may lack a block before the
+// block is asked of the others.
+const PrimaryLacks = primaryLacks

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -503,4 +504,299 @@ func TestQueuedBlocksTakeFreedSlotsLowestFirst(t *testing.T) {
 			t.Errorf("block %d: %v", i, err)
 		}
 	}
+}
+
+// holdAll makes n hold the whole task, complete, its blocks refilled from memory on request.
+func (tt *testTask) holdAll(n *node) {
+	n.registry.Complete(tt.id, tt.table, blockcache.FillerFunc(func(_ context.Context, k layer.BlockKey, buf []byte) (int, error) {
+		return copy(buf, tt.block(k.Index)), nil
+	}))
+}
+
+// askedHolder counts the Block requests for each block, and answers "not held" for the
+// blocks lacks names.
+type askedHolder struct {
+	peer.Holder
+	lacks func(i int) bool // nil: none
+
+	mu    sync.Mutex
+	asked map[int]int
+}
+
+func (h *askedHolder) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
+	h.mu.Lock()
+	if h.asked == nil {
+		h.asked = make(map[int]int)
+	}
+	h.asked[i]++
+	h.mu.Unlock()
+	if h.lacks != nil && h.lacks(i) {
+		return nil, fmt.Errorf("block %d: %w", i, peer.ErrNotHeld)
+	}
+	return h.Holder.Block(ctx, id, i)
+}
+
+// times returns how many times block i was asked for.
+func (h *askedHolder) times(i int) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.asked[i]
+}
+
+// total returns how many Block requests arrived.
+func (h *askedHolder) total() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, c := range h.asked {
+		n += c
+	}
+	return n
+}
+
+// newAskedNode starts a node whose Block requests are counted; lacks as in askedHolder.
+func newAskedNode(t *testing.T, id string, lacks func(int) bool) (*node, *askedHolder) {
+	t.Helper()
+	h := &askedHolder{lacks: lacks}
+	n := newNode(t, id, func(r *tasks.Registry) peer.Holder {
+		h.Holder = r
+		return h
+	})
+	return n, h
+}
+
+// newTaskFetcher returns a Fetcher of tt from ps, with its digests known.
+func newTaskFetcher(t *testing.T, tt *testTask, ps parents, opts ...fetch.Option) *fetch.Fetcher {
+	t.Helper()
+	f, err := fetch.New(peer.NewClient(), fetch.Task{ID: tt.id, Size: int64(len(tt.data)), BlockSize: blockSize, Digests: tt.table.Digests}, ps, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// fillBlocks fetches blocks with f, one after the other or all at once, and checks their bytes.
+func fillBlocks(t *testing.T, f *fetch.Fetcher, tt *testTask, blocks []int, concurrent bool) {
+	t.Helper()
+	fill := func(i int) {
+		buf := make([]byte, blockSize)
+		n, err := f.FillBlock(t.Context(), layer.BlockKey{Task: tt.id, Index: i}, buf)
+		switch {
+		case err != nil:
+			t.Errorf("block %d: %v", i, err)
+		case !bytes.Equal(buf[:n], tt.block(i)):
+			t.Errorf("block %d: got %d bytes that differ from the block; want its %d bytes", i, n, len(tt.block(i)))
+		}
+	}
+	if !concurrent {
+		for _, i := range blocks {
+			fill(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	for _, i := range blocks {
+		wg.Go(func() { fill(i) })
+	}
+	wg.Wait()
+}
+
+func allBlocks(tt *testTask) []int {
+	bs := make([]int, tt.table.Count())
+	for i := range bs {
+		bs[i] = i
+	}
+	return bs
+}
+
+func TestEveryRequestGoesToTheUsablePrimary(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		primaryFirst bool // the primary comes first in the ParentSource's answer
+		concurrent   bool
+	}{
+		{"sequential, primary listed first", true, false},
+		{"sequential, primary listed second", false, false},
+		{"concurrent, primary listed first", true, true},
+		{"concurrent, primary listed second", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tt := newTestTask(32 * blockSize)
+			primary, primaryAsked := newAskedNode(t, "primary", nil)
+			standby, standbyAsked := newAskedNode(t, "standby", nil)
+			tt.holdAll(primary)
+			tt.holdAll(standby)
+			ps := parents{{ID: "primary", Addr: primary.addr, Primary: true}, {ID: "standby", Addr: standby.addr}}
+			if !tc.primaryFirst {
+				ps[0], ps[1] = ps[1], ps[0]
+			}
+			f := newTaskFetcher(t, tt, ps)
+			fillBlocks(t, f, tt, allBlocks(tt), tc.concurrent)
+			for i := range tt.table.Count() {
+				if got := primaryAsked.times(i); got != 1 {
+					t.Errorf("the primary was asked for block %d %d times; want 1", i, got)
+				}
+			}
+			if got := standbyAsked.total(); got != 0 {
+				t.Errorf("the standby was asked for %d blocks; want 0 while the primary serves", got)
+			}
+		})
+	}
+}
+
+func TestBlocksComeFromTheStandbyWhenThePrimaryIsUnreachable(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// served is whether the primary serves block 0 before it becomes unreachable: its
+		// server stops then, and the fetcher holds an idle connection to it.
+		served bool
+	}{
+		{"nothing listens at its address", false},
+		{"its server stopped after serving a block", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tt := newTestTask(32 * blockSize)
+			standby, standbyAsked := newAskedNode(t, "standby", nil)
+			tt.holdAll(standby)
+			var (
+				primaryAddr string
+				stop        func()
+			)
+			if tc.served {
+				primary := newNode(t, "primary", nil)
+				tt.holdAll(primary)
+				primaryAddr, stop = primary.addr, func() { primary.server.Close() }
+			} else {
+				ln, err := net.Listen("tcp", "127.0.0.1:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				primaryAddr = ln.Addr().String()
+				ln.Close() // nobody serves the primary's address
+			}
+			rep := &reporter{}
+			f := newTaskFetcher(t, tt, parents{{ID: "primary", Addr: primaryAddr, Primary: true}, {ID: "standby", Addr: standby.addr}}, fetch.WithReporter(rep))
+			blocks := allBlocks(tt)
+			if tc.served {
+				fillBlocks(t, f, tt, blocks[:1], false)
+				if got := standbyAsked.total(); got != 0 {
+					t.Fatalf("the standby was asked for %d blocks while the primary served; want 0", got)
+				}
+				stop()
+				blocks = blocks[1:]
+			}
+			fillBlocks(t, f, tt, blocks, true)
+			for _, i := range blocks {
+				if got := standbyAsked.times(i); got != 1 {
+					t.Errorf("the standby was asked for block %d %d times; want 1", i, got)
+				}
+			}
+			if got := rep.count(fetch.ReasonConnection); got == 0 {
+				t.Errorf("%d requests to the primary failed to connect; want at least 1: was it never asked?", got)
+			}
+		})
+	}
+}
+
+func TestABlockThePrimaryLacksComesFromTheStandby(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// primary starts the primary parent: its holder counts the requests for each block.
+		primary func(t *testing.T, tt *testTask) (*node, *askedHolder)
+		blocks  []int          // fetched at once
+		lacking func(int) bool // the blocks the primary lacks
+	}{
+		{
+			name: "it answers not held for one block",
+			primary: func(t *testing.T, tt *testTask) (*node, *askedHolder) {
+				n, h := newAskedNode(t, "primary", func(i int) bool { return i == 3 })
+				tt.holdAll(n)
+				return n, h
+			},
+			blocks:  []int{0, 1, 2, 3, 4, 5, 6, 7},
+			lacking: func(i int) bool { return i == 3 },
+		},
+		{
+			// The primary is receiving the task but never gets these blocks: it answers
+			// not held after waiting a little for a request for them to go out.
+			name: "it is receiving the task but gets none of it",
+			primary: func(t *testing.T, tt *testTask) (*node, *askedHolder) {
+				n, h := newAskedNode(t, "primary", nil)
+				n.registry.Expect(tt.id)
+				return n, h
+			},
+			blocks:  []int{0, 1, 2, 3},
+			lacking: func(int) bool { return true },
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tt := newTestTask(8 * blockSize)
+			primary, primaryAsked := tc.primary(t, tt)
+			standby, standbyAsked := newAskedNode(t, "standby", nil)
+			tt.holdAll(standby)
+			f := newTaskFetcher(t, tt, parents{{ID: "primary", Addr: primary.addr, Primary: true}, {ID: "standby", Addr: standby.addr}})
+			fillBlocks(t, f, tt, tc.blocks, true)
+			for _, i := range tc.blocks {
+				wantPrimary, wantStandby := 1, 0
+				if tc.lacking(i) {
+					wantPrimary, wantStandby = fetch.PrimaryLacks, 1
+				}
+				if got := primaryAsked.times(i); got != wantPrimary {
+					t.Errorf("the primary was asked for block %d %d times; want %d", i, got, wantPrimary)
+				}
+				if got := standbyAsked.times(i); got != wantStandby {
+					t.Errorf("the standby was asked for block %d %d times; want %d", i, got, wantStandby)
+				}
+			}
+		})
+	}
+}
+
+func TestHasPrimary(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// primary starts the parent listed first; named says the ParentSource names it primary.
+		primary func(t *testing.T, tt *testTask) *node
+		named   bool
+		want    bool
+	}{
+		{"no primary named", holdingNode, false, false},
+		{"a primary named", holdingNode, true, true},
+		{"the primary named sent a corrupt block", corruptNode, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tt := newTestTask(4 * blockSize)
+			first := tc.primary(t, tt)
+			second := holdingNode(t, tt)
+			f := newTaskFetcher(t, tt, parents{{ID: "first", Addr: first.addr, Primary: tc.named}, {ID: "second", Addr: second.addr}})
+			if f.HasPrimary() {
+				t.Error("HasPrimary before any fetch: got true; want false, no parent is known yet")
+			}
+			fillBlocks(t, f, tt, []int{0}, false)
+			if got := f.HasPrimary(); got != tc.want {
+				t.Errorf("HasPrimary after a fetch: got %v; want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// holdingNode starts a node that holds the whole task.
+func holdingNode(t *testing.T, tt *testTask) *node {
+	t.Helper()
+	n := newNode(t, "holder", nil)
+	tt.holdAll(n)
+	return n
+}
+
+// corruptNode starts a node that holds the whole task and serves corrupt copies of its blocks.
+func corruptNode(t *testing.T, tt *testTask) *node {
+	t.Helper()
+	scratch, err := blockcache.New(64<<20, blockcache.WithBlockSize(blockSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { scratch.Close() }) // registered first, so run after the node's server closes
+	n := newNode(t, "corrupt", func(r *tasks.Registry) peer.Holder { return &corruptHolder{Registry: r, scratch: scratch} })
+	tt.holdAll(n)
+	return n
 }
