@@ -102,9 +102,8 @@ const (
 // for at once, sharing its uplink: sixteen blocks asked together each take sixteen times as
 // long to complete, and a block is passed on only once complete, so every hop of a tree would
 // add that much delay. Two keep the parent's uplink busy (the next request is out while a
-// block is sent) and let each block pass on in about two block times: in a chain of 16 peers
-// at N = 16, two gave the last peer the layer 1.4–1.9× T* after the start, four 1.6×
-// (docs/benchmarks.md).
+// block is sent) and let each block pass on in about two block times, which a chain of
+// primaries (scheduler/chain.go) pays once per peer (docs/benchmarks.md).
 const MaxPerParent = 2
 
 // ErrNoParent means no parent could deliver a block.
