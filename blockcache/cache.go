@@ -142,6 +142,14 @@ func (c *Cache) Lookup(ctx context.Context, key layer.BlockKey) (*Block, error) 
 	return c.get(ctx, key, nil)
 }
 
+// Filling reports whether a fill of block key is in flight.
+func (c *Cache) Filling(key layer.BlockKey) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	return ok && e.state == stateFilling
+}
+
 func (c *Cache) get(ctx context.Context, key layer.BlockKey, f Filler) (*Block, error) {
 	c.mu.Lock()
 	for {

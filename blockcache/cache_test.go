@@ -143,6 +143,26 @@ func TestLookupNeverFills(t *testing.T) {
 	b.Release()
 }
 
+func TestFilling(t *testing.T) {
+	c := newCache(t, 4)
+	if c.Filling(key(1)) {
+		t.Fatal("an absent block: got filling, want not")
+	}
+	w, err := c.Begin(context.Background(), key(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Filling(key(1)) {
+		t.Fatal("a block begun: got not filling, want filling")
+	}
+	if err := w.Commit(copy(w.Buffer(), content(1))); err != nil {
+		t.Fatal(err)
+	}
+	if c.Filling(key(1)) {
+		t.Fatal("a committed block: got filling, want not")
+	}
+}
+
 // TestWaitersWakeOnFill is the pipeline property: readers of a block in flight, including
 // Lookup (a peer serving a child), block until the fill completes and then get its bytes,
 // with one fetch for all of them.

@@ -53,6 +53,13 @@ const unknownTaskGrace = 5 * time.Second
 // covers a child in a tree a step ahead of its only parent.
 const notYetWait = 100 * time.Millisecond
 
+// queuedWait is how long a request for a block this node has begun to fetch, but not asked
+// a parent for yet, waits for that request to go out. A fetch waits for a request slot at
+// its parent, the lowest block first, so the block children ask for is asked for soon: in a
+// chain, a child a step behind its parent asks for what the parent has queued, and answering
+// "not found" after notYetWait cost it a backoff at every hop.
+const queuedWait = time.Second
+
 // sourceCopies is how many copies of a block a seed serves within copiesWindow while its
 // pass over the registry blob runs; a request for more is answered busy, so the requester
 // takes the block from a peer that has it. During the pass the seed's uplink is the scarcest
@@ -308,7 +315,8 @@ func (r *Registry) CompleteTable(id layer.TaskID) ([]layer.BlockDigest, bool) {
 // Block implements peer.Holder.
 func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcache.Block, error) {
 	key := layer.BlockKey{Task: id, Index: i}
-	var notYet <-chan time.Time // set once a peer has been asked for a block it has not begun
+	// Set once a peer has been asked for a block it has not begun, or has queued.
+	var notYet, queued <-chan time.Time
 	for {
 		t := r.lookup(ctx, id)
 		if t == nil {
@@ -368,7 +376,13 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 				return nil, err
 			}
 		} else if arriving {
-			notYet = nil // wait for it to land, however long it was not arriving before
+			notYet, queued = nil, nil // wait for it to land, however long it was not arriving before
+		} else if r.cache.Filling(key) {
+			if queued == nil {
+				timer := time.NewTimer(queuedWait)
+				defer timer.Stop()
+				queued = timer.C
+			}
 		} else if notYet == nil {
 			timer := time.NewTimer(notYetWait)
 			defer timer.Stop()
@@ -378,6 +392,8 @@ func (r *Registry) Block(ctx context.Context, id layer.TaskID, i int) (*blockcac
 		case <-changed:
 		case <-notYet:
 			return nil, fmt.Errorf("block %s: not being fetched: %w", key, peer.ErrNotHeld)
+		case <-queued:
+			return nil, fmt.Errorf("block %s: not asked of a parent within %v: %w", key, queuedWait, peer.ErrNotHeld)
 		case <-ctx.Done():
 			return nil, fmt.Errorf("block %s not received in time: %w", key, ctx.Err())
 		}

@@ -108,21 +108,27 @@ func TestBlockWaitsForALandingBlock(t *testing.T) {
 func TestBlockNotArriving(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
-		setup    func(*Registry)
+		setup    func(*Registry, *blockcache.Cache)
 		wantWait bool // waits until the caller's deadline rather than answering NotHeld soon
 	}{
-		{"a peer that has not begun the block answers soon", func(r *Registry) { r.Expect(id); r.Landed(id, 3) }, false},
-		{"a peer whose request for the block is out waits for it", func(r *Registry) { r.Expect(id); r.Arriving(id, 5, true) }, true},
-		{"a peer whose request ended without the block answers soon", func(r *Registry) {
+		{"a peer that has not begun the block answers soon", func(r *Registry, _ *blockcache.Cache) { r.Expect(id); r.Landed(id, 3) }, false},
+		{"a peer whose request for the block is out waits for it", func(r *Registry, _ *blockcache.Cache) { r.Expect(id); r.Arriving(id, 5, true) }, true},
+		{"a peer whose request ended without the block answers soon", func(r *Registry, _ *blockcache.Cache) {
 			r.Expect(id)
 			r.Arriving(id, 5, true)
 			r.Arriving(id, 5, false)
 		}, false},
-		{"a seed pass waits for the block it will produce", func(r *Registry) { r.StartPass(id) }, true},
+		{"a peer that has queued the block waits for its request to go out", func(r *Registry, c *blockcache.Cache) {
+			r.Expect(id)
+			if _, err := c.Begin(context.Background(), layer.BlockKey{Task: id, Index: 5}); err != nil {
+				panic(err)
+			}
+		}, true},
+		{"a seed pass waits for the block it will produce", func(r *Registry, _ *blockcache.Cache) { r.StartPass(id) }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r, _ := newRegistry(t)
-			tc.setup(r)
+			r, c := newRegistry(t)
+			tc.setup(r, c)
 			ctx, cancel := context.WithTimeout(t.Context(), 3*notYetWait)
 			defer cancel()
 			start := time.Now()
