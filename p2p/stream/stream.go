@@ -81,6 +81,7 @@ func Copy(ctx context.Context, dst io.Writer, cache *blockcache.Cache, task Task
 		data := b.Bytes()
 		if _, want := table.Range(i); int64(len(data)) != want {
 			b.Release()
+			ahead.close()
 			cache.Remove(key)
 			return written, fmt.Errorf("stream %s: block %d has %d bytes, want %d: %w", task.ID, i, len(data), want, layer.ErrDigestMismatch)
 		}
@@ -91,6 +92,7 @@ func Copy(ctx context.Context, dst io.Writer, cache *blockcache.Cache, task Task
 			}
 			if i == count-1 && hash.Digest() != task.Digest {
 				b.Release()
+				ahead.close() // its fetches may still pin blocks, which Remove would leave
 				dropTask(cache, task.ID, count)
 				return written, fmt.Errorf("stream %s: got digest %s, want %s: %w", task.ID, hash.Digest(), task.Digest, layer.ErrDigestMismatch)
 			}
