@@ -81,8 +81,8 @@ func (s *Scheduler) fits(p, c *peer, excluded []string, slowOK bool) bool {
 // withPrimary returns out, p's best k parents by score, with p's primary first and marked:
 // the one it has while that passes the filter, slow or not (a chain moved at every decision
 // would be no chain, and a primary's pace is its own primary's, as in a tree), else the
-// newest tail that does, else the best of out not at the depth limit. The caller holds s.mu and
-// has marked p's descendants (choose does).
+// newest tail that does, else the best of out not at the depth limit. The caller holds s.mu
+// and has marked p's descendants (choose does).
 func (s *Scheduler) withPrimary(p *peer, out []scored, k int, excluded []string) []scored {
 	q := p.primary
 	if q != nil && !s.fits(p, q, excluded, true) {

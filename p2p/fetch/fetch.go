@@ -223,9 +223,9 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		lacked = make(lacks)
 	)
 	for attempt := 0; attempt < maxAttempts; {
-		chose := time.Now()
+		chose := f.now()
 		p, err := f.choose(ctx, key.Index, lacked)
-		if d := time.Since(chose); d > 200*time.Millisecond && err == nil {
+		if d := f.now().Sub(chose); d > 200*time.Millisecond && err == nil {
 			log.G(ctx).WithFields(log.Fields{"task": f.task.ID, "block": key.Index, "parent": p.Addr, "waited": d}).Debug("waited for a parent")
 		}
 		if err != nil {
@@ -472,10 +472,10 @@ type lack struct {
 
 // pickLocked returns a usable parent for block i: the primary parent, if there is one and
 // it is usable and has not lacked the block primaryLacks times, waiting for it when it is
-// full or lacked the block lately; otherwise one of the others. If there is none, it returns when the
-// first parent set aside is usable again (zero if none will be), whether that one is set
-// aside only for lacking block i, and whether some parents are usable but have MaxPerParent
-// requests in flight. A parent weighs its measured rate shared by its requests in flight,
+// full or lacked the block lately; otherwise one of the others. If there is none, it
+// returns when the first parent set aside is usable again (zero if none will be), whether
+// that one is set aside only for lacking block i, and whether some parents are usable but
+// have MaxPerParent requests in flight. A parent weighs its measured rate shared by its requests in flight,
 // much less when it reported no free slot, and much less when its last bitmap lacked block
 // i (it may have it since, or be about to: asking it then waits for it).
 func (f *Fetcher) pickLocked(i int, lacked lacks) (_ *parentState, next time.Time, full, lackedOnly bool) {

@@ -164,9 +164,9 @@ func (r *Registry) Landed(id layer.TaskID, i int) {
 }
 
 // Arriving records that a request for block i of id went out to a parent (on), or ended
-// without the block (off). Children asking for a block wait for it while it is arriving,
-// and only briefly otherwise: a block this node has begun may be queued behind others, and
-// a child that waited for it kept its own request slot, and its children, idle.
+// without the block (off). Children asking for a block wait for it while it is arriving, up
+// to queuedWait while it waits for a request slot, and notYetWait otherwise: a child that
+// waited on a block nobody was fetching kept its own request slot, and its children, idle.
 func (r *Registry) Arriving(id layer.TaskID, i int, on bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
