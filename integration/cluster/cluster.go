@@ -26,6 +26,7 @@ const (
 	registryPort  = 5000
 	schedulerPort = 65003
 	blockPort     = 65002
+	metricsPort   = 9103
 )
 
 // Options describe a cluster.
@@ -66,7 +67,9 @@ type Service struct {
 	Proc *netlab.Process
 	// Addr is the service's host:port.
 	Addr string
-	Log  string
+	// Metrics is the host:port serving its Prometheus /metrics, if it serves them.
+	Metrics string
+	Log     string
 }
 
 // Daemon is a p2p-snapshotter in a host.
@@ -123,7 +126,8 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 		}
 		addr := netip.AddrPortFrom(h.Addr, schedulerPort).String()
 		logPath := filepath.Join(o.Dir, h.Name+".log")
-		argv := []string{filepath.Join(c.bin, "p2p-scheduler"), "--address", addr, "--log-level", "debug"}
+		metrics := netip.AddrPortFrom(h.Addr, metricsPort).String()
+		argv := []string{filepath.Join(c.bin, "p2p-scheduler"), "--address", addr, "--metrics-address", metrics, "--log-level", "debug"}
 		if o.Topology != "" {
 			argv = append(argv, "--topology", o.Topology)
 		}
@@ -134,7 +138,7 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 		if err != nil {
 			return nil, fmt.Errorf("cluster: start scheduler: %w", err)
 		}
-		c.Schedulers = append(c.Schedulers, &Service{Host: h, Proc: p, Addr: addr, Log: logPath})
+		c.Schedulers = append(c.Schedulers, &Service{Host: h, Proc: p, Addr: addr, Metrics: metrics, Log: logPath})
 		schedAddrs = append(schedAddrs, addr)
 	}
 	for _, s := range c.Schedulers {

@@ -475,10 +475,21 @@ func (c *Client) progressLoop(reg *taskReg) {
 		sched, peerID, batch := reg.sched, reg.peerID, reg.pending
 		reg.pending = nil
 		c.mu.Unlock()
-		if sched == "" || len(batch) == 0 && stream != nil {
-			if sched == "" {
-				c.requeue(reg, batch)
+		if sched == "" && len(batch) > 0 {
+			// The task's scheduler was lost (its stream broke): take the task along the ring
+			// now, rather than on the daemon's next call, which may never come while it
+			// fetches from the parents it has; the new scheduler learns what this peer holds
+			// from the reports queued by registerAt.
+			c.requeue(reg, batch)
+			ctx, cancel := context.WithTimeout(c.ctx, callTimeout)
+			err := c.withTask(ctx, reg, func(context.Context, schedulerv1.SchedulerClient, string) error { return nil })
+			cancel()
+			if err != nil {
+				log.G(c.ctx).WithError(err).WithField("task", reg.task).Debug("no scheduler took the task; trying again")
 			}
+			continue
+		}
+		if sched == "" || len(batch) == 0 && stream != nil {
 			continue
 		}
 		if sched != on || stream == nil {
@@ -498,21 +509,27 @@ func (c *Client) progressLoop(reg *taskReg) {
 			r.PeerId, r.TaskId = peerID, string(reg.task)
 			if err := stream.Send(r); err != nil {
 				log.G(c.ctx).WithError(err).WithFields(log.Fields{"scheduler": sched, "task": reg.task}).Debug("progress stream broke")
-				c.requeue(reg, nil)
-				c.mu.Lock()
-				if reg.sched == sched {
-					reg.sched = "" // register again on the next call, wherever the ring says
-				}
-				reg.pending = append([]*schedulerv1.ProgressReport{{Report: &schedulerv1.ProgressReport_HeldBitmap{HeldBitmap: reg.held}}}, reg.pending...)
-				if reg.finished {
-					reg.pending = append(reg.pending, finishedReport(reg))
-				}
-				c.mu.Unlock()
+				c.lost(reg, sched)
 				stream = nil
 				break
 			}
 		}
 	}
+}
+
+// lost records that reg's progress stream on sched broke: reg registers again wherever the
+// ring says, and tells the scheduler there what it holds.
+func (c *Client) lost(reg *taskReg, sched string) {
+	c.mu.Lock()
+	if reg.sched == sched {
+		reg.sched = ""
+	}
+	reg.pending = append([]*schedulerv1.ProgressReport{{Report: &schedulerv1.ProgressReport_HeldBitmap{HeldBitmap: reg.held}}}, reg.pending...)
+	if reg.finished {
+		reg.pending = append(reg.pending, finishedReport(reg))
+	}
+	c.mu.Unlock()
+	c.kickProgress(reg)
 }
 
 // openProgress opens a progress stream on sched; end closes it.
@@ -562,6 +579,11 @@ func (c *Client) receive(reg *taskReg, stream schedulerv1.Scheduler_SyncProgress
 	for {
 		cmd, err := stream.Recv()
 		if err != nil {
+			if c.ctx.Err() == nil && status.Code(err) != codes.Canceled {
+				// The scheduler went away: move on now, not at the next report sent.
+				log.G(c.ctx).WithError(err).WithFields(log.Fields{"scheduler": sched, "task": reg.task}).Debug("progress stream broke")
+				c.lost(reg, sched)
+			}
 			return
 		}
 		switch {
