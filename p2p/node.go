@@ -203,12 +203,23 @@ func (n *Node) indexFromParents(ctx context.Context, task layer.TaskID, parents 
 			exclude = append(exclude, id)
 		}
 		if more, perr := n.sched.Parents(ctx, task, exclude); perr == nil {
-			parents = more
+			parents = mergeParents(more, parents)
 		}
 		if len(failed) > 16 {
 			clear(failed) // they may have recovered
 		}
 	}
+}
+
+// mergeParents returns the parents of a and then those of b not in a, by id.
+func mergeParents(a, b []fetch.Parent) []fetch.Parent {
+	out := slices.Clone(a)
+	for _, p := range b {
+		if !slices.ContainsFunc(out, func(q fetch.Parent) bool { return q.ID == p.ID }) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // index gets task's index from a parent that vouches for it, trying each in turn.
@@ -270,7 +281,10 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 		return err
 	}
 	start := time.Now()
-	var table layer.BlockTable
+	var (
+		table layer.BlockTable
+		known []fetch.Parent // the parents the blocks came from
+	)
 	if x, err := n.index(ctx, task, reg.Parents, map[string]bool{}, 0); err == nil {
 		l, err := n.peerLayer(task, x)
 		if err != nil {
@@ -281,7 +295,7 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 		if err != nil {
 			return fmt.Errorf("warm layer %s: %w", task, err)
 		}
-	} else if table, err = n.warmPipelined(ctx, task); err != nil {
+	} else if table, known, err = n.warmPipelined(ctx, task); err != nil {
 		n.registry.Abandon(task)
 		return fmt.Errorf("warm layer %s: %w", task, err)
 	}
@@ -289,7 +303,10 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 	d := time.Since(start)
 	log.G(ctx).WithFields(log.Fields{"task": task, "bytes": table.Size, "duration": d,
 		"MBps": int(float64(table.Size) / 1e6 / max(d.Seconds(), 1e-9))}).Info("warmed layer from peers")
-	if x, err := n.indexFromParents(ctx, task, reg.Parents); err == nil && slices.Equal(x.Blocks.Digests, table.Digests) {
+	// The parents the blocks came from are alive, and hold the index or soon will; the
+	// registration's may have died since, and the scheduler names no parents for a peer
+	// that holds the whole task.
+	if x, err := n.indexFromParents(ctx, task, mergeParents(known, reg.Parents)); err == nil && slices.Equal(x.Blocks.Digests, table.Digests) {
 		if enc, err := x.Marshal(); err == nil {
 			n.registry.SetIndex(task, enc)
 		}
@@ -307,13 +324,14 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 // digest its producer published; the stream ends at a short block or where the producer
 // says. It reads the blocks front to back, checks the whole against the task's digest and
 // returns its block table.
-func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.BlockTable, error) {
+func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (_ layer.BlockTable, known []fetch.Parent, _ error) {
 	bs := int64(n.cache.BlockSize())
 	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: -1, BlockSize: bs}, n.sched,
 		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
 	if err != nil {
-		return layer.BlockTable{}, err
+		return layer.BlockTable{}, nil, err
 	}
+	defer func() { known = f.Known() }()
 	n.registry.Expect(task)
 	pctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -379,7 +397,7 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.Bloc
 			break
 		}
 		if err != nil {
-			return table, fmt.Errorf("block %d: %w", i, err)
+			return table, nil, fmt.Errorf("block %d: %w", i, err)
 		}
 		data := b.Bytes()
 		hash.Hash().Write(data)
@@ -395,9 +413,9 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (layer.Bloc
 		for i := range table.Digests {
 			n.cache.Remove(layer.BlockKey{Task: task, Index: i})
 		}
-		return table, fmt.Errorf("stream has digest %s, want %s: %w", got, task.Digest(), layer.ErrDigestMismatch)
+		return table, nil, fmt.Errorf("stream has digest %s, want %s: %w", got, task.Digest(), layer.ErrDigestMismatch)
 	}
-	return table, nil
+	return table, nil, nil
 }
 
 // SeedLayer makes this node a source of the layer src names: it reads it from its registry

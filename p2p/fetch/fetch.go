@@ -598,6 +598,19 @@ func (f *Fetcher) HasPrimary() bool {
 	return f.primary != nil && !f.primary.bad
 }
 
+// Known returns the parents known that did not send a corrupt block.
+func (f *Fetcher) Known() []Parent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]Parent, 0, len(f.known))
+	for _, p := range f.known {
+		if !p.bad {
+			out = append(out, p.Parent)
+		}
+	}
+	return out
+}
+
 // Parents returns how many parents are known that did not send a corrupt block.
 func (f *Fetcher) Parents() int {
 	f.mu.Lock()
