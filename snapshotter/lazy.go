@@ -10,6 +10,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+
+	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 )
 
 // prepareLazy mounts the layer of target lazily and commits it. It returns nil when target
@@ -24,6 +26,10 @@ func (s *Snapshotter) prepareLazy(ctx context.Context, key, parent, target strin
 	src, err := s.resolver.ResolveLayer(ctx, target, labels)
 	if err != nil {
 		return err
+	}
+	if err := ingest.CheckMediaType(src.Blob.MediaType); err != nil {
+		// Before asking anyone for the layer: containerd may have a stream processor for it.
+		return fmt.Errorf("layer %s: %w", src.Blob.Digest, err)
 	}
 	if _, err := s.Snapshotter.Prepare(ctx, key, parent, opts...); err != nil {
 		return err

@@ -24,6 +24,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
@@ -221,6 +222,19 @@ func TestWrongDiffIDIsRefused(t *testing.T) {
 	src.DiffID = digest.FromString("another layer")
 	if _, err := s.Layer(context.Background(), src); !errors.Is(err, layer.ErrDigestMismatch) {
 		t.Fatalf("got %v, want ErrDigestMismatch", err)
+	}
+}
+
+func TestUnreadableMediaTypeIsRefused(t *testing.T) {
+	tr := newTestRegistry(t)
+	s := newStore(t, t.TempDir(), tr, 64)
+	src := tr.src
+	src.Blob.MediaType = ocispec.MediaTypeImageLayerGzip + "+encrypted"
+	if _, err := s.Layer(context.Background(), src); !errors.Is(err, ingest.ErrUnsupportedMediaType) {
+		t.Fatalf("got %v, want ErrUnsupportedMediaType", err)
+	}
+	if got := tr.gets.Load(); got != 0 {
+		t.Fatalf("the registry served the blob %d times; want 0", got)
 	}
 }
 

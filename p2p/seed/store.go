@@ -17,6 +17,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 )
 
 // BlobOpener opens a blob of a repository; the reader must verify the blob's digest by EOF.
@@ -94,6 +95,9 @@ func New(dir string, cache *blockcache.Cache, blobs BlobOpener, opts ...Option) 
 func (s *Store) Layer(ctx context.Context, src Source) (*Layer, error) {
 	if err := src.DiffID.Validate(); err != nil {
 		return nil, fmt.Errorf("layer %s: diffID: %w", src.Blob.Digest, err)
+	}
+	if err := ingest.CheckMediaType(src.Blob.MediaType); err != nil {
+		return nil, fmt.Errorf("layer %s: %w", src.Blob.Digest, err)
 	}
 	task := layer.TaskIDFromDigest(src.DiffID)
 	// The pass runs for whoever wants the layer, not for the first caller alone: it keeps
