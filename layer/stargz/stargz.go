@@ -1,0 +1,190 @@
+package stargz
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
+)
+
+// ErrNotFound means the layer has no such file.
+var ErrNotFound = errors.New("no such file in the layer")
+
+// TOCDigest returns the digest of the TOC that desc's annotations name, and whether desc is
+// an eStargz or zstd:chunked layer at all.
+func TOCDigest(desc ocispec.Descriptor) (digest.Digest, bool) {
+	for _, key := range []string{estargz.TOCJSONDigestAnnotation, zstdchunked.ManifestChecksumAnnotation} {
+		if v, ok := desc.Annotations[key]; ok {
+			if d, err := digest.Parse(v); err == nil {
+				return d, true
+			}
+		}
+	}
+	return "", false
+}
+
+// Layer is an opened eStargz or zstd:chunked layer. It is safe for concurrent use if its
+// io.ReaderAt is.
+type Layer struct {
+	blob     io.ReaderAt
+	payload  int64 // where the chunks end: the TOC's offset, or the blob's size
+	r        *estargz.Reader
+	verifier estargz.TOCEntryVerifier
+}
+
+// decompressors are the formats Open reads: eStargz (gzip, current and legacy footers) and
+// zstd:chunked.
+func decompressors() []estargz.Decompressor {
+	return []estargz.Decompressor{new(estargz.GzipDecompressor), new(estargz.LegacyGzipDecompressor), new(zstdchunked.Decompressor)}
+}
+
+// payloadEnd returns where the chunks of the size-byte blob end, from its footer.
+func payloadEnd(ra io.ReaderAt, size int64) int64 {
+	for _, d := range decompressors() {
+		fs := d.FooterSize()
+		if fs > size {
+			continue
+		}
+		footer := make([]byte, fs)
+		if _, err := ra.ReadAt(footer, size-fs); err != nil && !errors.Is(err, io.EOF) {
+			return size
+		}
+		if _, tocOffset, _, err := d.ParseFooter(footer); err == nil && tocOffset >= 0 && tocOffset <= size {
+			return tocOffset
+		}
+	}
+	return size
+}
+
+// Open reads the footer and the TOC of the size-byte blob that ra reads, and checks the TOC
+// against tocDigest (see TOCDigest).
+func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
+	if err := tocDigest.Validate(); err != nil {
+		return nil, fmt.Errorf("open stargz layer: TOC digest: %w", err)
+	}
+	r, err := estargz.Open(io.NewSectionReader(ra, 0, size), estargz.WithDecompressors(decompressors()...))
+	if err != nil {
+		return nil, fmt.Errorf("open stargz layer: %w", err)
+	}
+	v, err := r.VerifyTOC(tocDigest)
+	if err != nil {
+		return nil, fmt.Errorf("open stargz layer: %w: %w", layer.ErrDigestMismatch, err)
+	}
+	return &Layer{blob: ra, payload: payloadEnd(ra, size), r: r, verifier: v}, nil
+}
+
+// Lookup returns the TOC entry of path ("" for the root), following hardlinks to the entry
+// that holds the content.
+func (l *Layer) Lookup(path string) (*estargz.TOCEntry, bool) { return l.r.Lookup(path) }
+
+// ReadAt reads into p the bytes of the regular file at path from offset off, and returns
+// how many it read (fewer than len(p) only at the file's end, with io.EOF). Each chunk it
+// touches is read whole and checked against its digest first: the error wraps
+// layer.ErrDigestMismatch when one does not match.
+func (l *Layer) ReadAt(path string, p []byte, off int64) (int, error) {
+	e, ok := l.r.Lookup(path)
+	if !ok {
+		return 0, fmt.Errorf("read %s: %w", path, ErrNotFound)
+	}
+	if e.Type != "reg" {
+		return 0, fmt.Errorf("read %s: a %s, not a regular file", path, e.Type)
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("read %s: negative offset %d", path, off)
+	}
+	if off >= e.Size {
+		return 0, io.EOF
+	}
+	n := 0
+	for n < len(p) && off < e.Size {
+		ce, ok := l.r.ChunkEntryForOffset(path, off)
+		if !ok {
+			return n, fmt.Errorf("read %s: no chunk holds offset %d", path, off)
+		}
+		chunk, err := l.readChunk(ce)
+		if err == nil {
+			err = l.verify(ce, chunk)
+		}
+		if err != nil {
+			return n, fmt.Errorf("read %s: chunk at %d: %w", path, ce.ChunkOffset, err)
+		}
+		c := copy(p[n:], chunk[off-ce.ChunkOffset:])
+		n += c
+		off += int64(c)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// readChunk reads the compressed bytes of chunk ce, exactly the range from its offset to the
+// next one in the blob (one Range request, not a read-ahead), and returns them uncompressed.
+// Each chunk is a gzip member (eStargz) or a zstd frame (zstd:chunked), which may hold the
+// chunk after others (InnerOffset).
+func (l *Layer) readChunk(ce *estargz.TOCEntry) ([]byte, error) {
+	end := min(ce.NextOffset(), l.payload) // the last chunk's next offset is the blob's end
+	if ce.Offset < 0 || end <= ce.Offset || end-ce.Offset > maxCompressedChunk {
+		return nil, fmt.Errorf("chunk in the blob at [%d, %d): %w", ce.Offset, end, layer.ErrDigestMismatch)
+	}
+	compressed := make([]byte, end-ce.Offset)
+	if _, err := l.blob.ReadAt(compressed, ce.Offset); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("read the blob at [%d, %d): %w", ce.Offset, end, err)
+	}
+	var zr io.Reader
+	switch ingest.DetectCompression(compressed) {
+	case ingest.Gzip:
+		gr, err := gzip.NewReader(bytes.NewReader(compressed))
+		if err != nil {
+			return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+		}
+		defer gr.Close()
+		zr = gr
+	case ingest.Zstd:
+		dr, err := zstd.NewReader(bytes.NewReader(compressed), zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+		}
+		defer dr.Close()
+		zr = dr
+	default:
+		return nil, fmt.Errorf("chunk at %d: neither gzip nor zstd: %w", ce.Offset, layer.ErrDigestMismatch)
+	}
+	if _, err := io.CopyN(io.Discard, zr, ce.InnerOffset); err != nil {
+		return nil, fmt.Errorf("chunk at %d: skip %d bytes: %w", ce.Offset, ce.InnerOffset, err)
+	}
+	chunk := make([]byte, ce.ChunkSize)
+	if _, err := io.ReadFull(zr, chunk); err != nil {
+		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+	}
+	return chunk, nil
+}
+
+// maxCompressedChunk bounds the compressed bytes read for one chunk, against a TOC that
+// names absurd offsets (the TOC is verified, but its writer may be careless).
+const maxCompressedChunk = 64 << 20
+
+// verify checks chunk, the uncompressed bytes of ce, against the digest the TOC gives.
+func (l *Layer) verify(ce *estargz.TOCEntry, chunk []byte) error {
+	v, err := l.verifier.Verifier(ce)
+	if err != nil {
+		return fmt.Errorf("%w: %w", layer.ErrDigestMismatch, err)
+	}
+	if _, err := v.Write(chunk); err != nil {
+		return err
+	}
+	if !v.Verified() {
+		return fmt.Errorf("%w: the chunk does not match its digest in the TOC", layer.ErrDigestMismatch)
+	}
+	return nil
+}

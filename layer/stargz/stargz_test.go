@@ -1,0 +1,277 @@
+package stargz
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"testing"
+
+	"github.com/containerd/stargz-snapshotter/estargz"
+	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
+	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
+)
+
+const chunkSize = 4096
+
+// file is a regular file of a test layer.
+type file struct {
+	name string
+	data []byte
+}
+
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 1))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// build returns an eStargz blob of files, uncompressed (gzip level 0) so that two layers
+// whose files have the same sizes have the same layout, and its TOC digest.
+func build(t *testing.T, files []file) ([]byte, digest.Digest) {
+	t.Helper()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())),
+		estargz.WithChunkSize(chunkSize), estargz.WithCompressionLevel(gzip.NoCompression))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blob.Close()
+	out, err := io.ReadAll(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, blob.TOCDigest()
+}
+
+// countingReader is an io.ReaderAt over a blob that counts the bytes read from it.
+type countingReader struct {
+	blob []byte
+	mu   sync.Mutex
+	read int64
+}
+
+func (c *countingReader) ReadAt(p []byte, off int64) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := bytes.NewReader(c.blob).ReadAt(p, off)
+	c.read += int64(n)
+	return n, err
+}
+
+func testFiles() []file {
+	return []file{
+		{"big.bin", randomBytes(1, 64*chunkSize+123)},
+		{"etc/small.txt", []byte("hello from a small file\n")},
+		{"empty", nil},
+	}
+}
+
+func TestReadAtReadsOnlyWhatItNeeds(t *testing.T) {
+	files := testFiles()
+	blob, toc := build(t, files)
+	cr := &countingReader{blob: blob}
+	l, err := Open(cr, int64(len(blob)), toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := cr.read
+	p := make([]byte, 100)
+	n, err := l.ReadAt("etc/small.txt", p, 0)
+	if !errors.Is(err, io.EOF) || string(p[:n]) != string(files[1].data) {
+		t.Fatalf("small file: got %q, %v; want %q, io.EOF", p[:n], err, files[1].data)
+	}
+	if got := cr.read - opened; got > 2*chunkSize {
+		t.Fatalf("reading a %d-byte file read %d bytes of the %d-byte blob; want at most %d", len(files[1].data), got, len(blob), 2*chunkSize)
+	}
+	for _, tt := range []struct {
+		off, size int
+	}{{0, chunkSize}, {chunkSize - 10, 20}, {5*chunkSize + 7, 3 * chunkSize}, {len(files[0].data) - 50, 50}} {
+		before := cr.read
+		p := make([]byte, tt.size)
+		n, err := l.ReadAt("big.bin", p, int64(tt.off))
+		if err != nil && !errors.Is(err, io.EOF) {
+			t.Fatalf("big.bin at %d: %v", tt.off, err)
+		}
+		if !bytes.Equal(p[:n], files[0].data[tt.off:tt.off+tt.size]) {
+			t.Fatalf("big.bin at %d: wrong bytes", tt.off)
+		}
+		if got, most := cr.read-before, int64(tt.size+2*chunkSize+1024); got > most {
+			t.Fatalf("big.bin at %d, %d bytes: read %d bytes of the blob; want at most %d", tt.off, tt.size, got, most)
+		}
+	}
+	if n, err := l.ReadAt("big.bin", make([]byte, 10), int64(len(files[0].data))); n != 0 || !errors.Is(err, io.EOF) {
+		t.Fatalf("past the end: got %d, %v; want 0, io.EOF", n, err)
+	}
+	if _, err := l.ReadAt("nothing", p, 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing file: got %v; want ErrNotFound", err)
+	}
+}
+
+func TestZstdChunked(t *testing.T) {
+	files := testFiles()
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, f := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())),
+		estargz.WithChunkSize(chunkSize), estargz.WithCompression(zstdChunked{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blob.Close()
+	data, err := io.ReadAll(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(bytes.NewReader(data), int64(len(data)), blob.TOCDigest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 2*chunkSize)
+	if n, err := l.ReadAt("big.bin", p, 7*chunkSize+3); err != nil || !bytes.Equal(p[:n], files[0].data[7*chunkSize+3:9*chunkSize+3]) {
+		t.Fatalf("big.bin: got %d bytes, %v; want the file's", n, err)
+	}
+}
+
+// zstdChunked is the zstd:chunked format for estargz.Build, which wants both halves.
+type zstdChunked struct {
+	*zstdchunked.Compressor
+	*zstdchunked.Decompressor
+}
+
+func TestOpenRefusesAnotherTOC(t *testing.T) {
+	blob, _ := build(t, testFiles())
+	if _, err := Open(bytes.NewReader(blob), int64(len(blob)), digest.FromString("another TOC")); !errors.Is(err, layer.ErrDigestMismatch) {
+		t.Fatalf("got %v; want ErrDigestMismatch", err)
+	}
+}
+
+// TestReadAtRefusesAChunkThatDoesNotMatch serves a layer whose TOC is right but whose data
+// is another layer's with the same layout: one file differs. Reading it fails; the others
+// read right.
+func TestReadAtRefusesAChunkThatDoesNotMatch(t *testing.T) {
+	files := testFiles()
+	good, toc := build(t, files)
+	other := append([]file(nil), files...)
+	other[0].data = bytes.Clone(files[0].data)
+	other[0].data[3*chunkSize+5] ^= 0xff
+	bad, _ := build(t, other)
+	if len(bad) != len(good) {
+		t.Fatalf("layouts differ: %d and %d bytes", len(bad), len(good))
+	}
+	// The data of bad, the TOC and footer of good.
+	tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(bytes.NewReader(good), 0, int64(len(good))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	spliced := append(bytes.Clone(bad[:tocOffset]), good[tocOffset:]...)
+	l, err := Open(bytes.NewReader(spliced), int64(len(spliced)), toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 10)
+	if _, err := l.ReadAt("big.bin", p, 3*chunkSize); !errors.Is(err, layer.ErrDigestMismatch) {
+		t.Fatalf("altered chunk: got %v; want ErrDigestMismatch", err)
+	}
+	if n, err := l.ReadAt("big.bin", p, 0); err != nil || !bytes.Equal(p[:n], files[0].data[:10]) {
+		t.Fatalf("intact chunk: got %q, %v", p[:n], err)
+	}
+}
+
+func TestTOCDigest(t *testing.T) {
+	d := digest.FromString("toc")
+	for _, tt := range []struct {
+		name        string
+		annotations map[string]string
+		want        digest.Digest
+		ok          bool
+	}{
+		{"eStargz", map[string]string{estargz.TOCJSONDigestAnnotation: d.String()}, d, true},
+		{"zstd:chunked", map[string]string{"io.containers.zstd-chunked.manifest-checksum": d.String()}, d, true},
+		{"plain gzip", nil, "", false},
+		{"a malformed digest", map[string]string{estargz.TOCJSONDigestAnnotation: "sha256:nope"}, "", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := TOCDigest(ocispec.Descriptor{Annotations: tt.annotations})
+			if got != tt.want || ok != tt.ok {
+				t.Fatalf("got %q, %v; want %q, %v", got, ok, tt.want, tt.ok)
+			}
+		})
+	}
+}
+
+// FuzzOpen: a blob of any bytes, however its footer and TOC are mangled, gives an error or
+// a layer, never a panic; a layer opened is one whose TOC matched.
+func FuzzOpen(f *testing.F) {
+	blob, toc := buildSeed()
+	f.Add(blob, toc.String())
+	f.Add(blob[:len(blob)-10], toc.String())
+	f.Add([]byte("not a layer at all"), digest.FromString("x").String())
+	f.Fuzz(func(t *testing.T, data []byte, toc string) {
+		d, err := digest.Parse(toc)
+		if err != nil {
+			return
+		}
+		l, err := Open(bytes.NewReader(data), int64(len(data)), d)
+		if err != nil {
+			return
+		}
+		p := make([]byte, 64)
+		for _, name := range []string{"big.bin", "etc/small.txt", "empty"} {
+			_, _ = l.ReadAt(name, p, 0)
+		}
+	})
+}
+
+// buildSeed is build without a testing.T, for the fuzz corpus.
+func buildSeed() ([]byte, digest.Digest) {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, f := range testFiles()[1:] {
+		_ = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg})
+		_, _ = tw.Write(f.data)
+	}
+	_ = tw.Close()
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())), estargz.WithChunkSize(chunkSize))
+	if err != nil {
+		panic(err)
+	}
+	defer blob.Close()
+	data, err := io.ReadAll(blob)
+	if err != nil {
+		panic(err)
+	}
+	return data, blob.TOCDigest()
+}
