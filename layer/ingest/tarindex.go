@@ -17,10 +17,31 @@ const (
 	paxSparsePrefix = "GNU.sparse."
 )
 
+// Indexer turns tar headers, in stream order, into index entries as Build does: later
+// entries replace earlier ones, whiteouts and opaque markers apply, hardlinks resolve to
+// earlier files, missing parent directories appear. It serves layers whose headers come
+// from elsewhere than one pass over a tar stream, such as an eStargz table of contents.
+type Indexer struct{ b *indexBuilder }
+
+// NewIndexer returns an Indexer holding only the root directory.
+func NewIndexer() *Indexer { return &Indexer{b: newIndexBuilder()} }
+
+// Add applies hdr, whose data starts at dataOffset of the stream the index addresses. The
+// error wraps ErrMalformed for an entry no layer may hold.
+func (x *Indexer) Add(hdr *tar.Header, dataOffset int64) error {
+	if err := x.b.add(hdr, dataOffset); err != nil {
+		return fmt.Errorf("%w: entry %q: %w", ErrMalformed, hdr.Name, err)
+	}
+	return nil
+}
+
+// Entries returns the entries so far, in the order Build's index lists them.
+func (x *Indexer) Entries() []layer.Entry { return x.b.entries() }
+
 // indexTar reads tar headers from br until the end-of-archive marker and returns the entries.
 func indexTar(br *blockReader) ([]layer.Entry, error) {
 	tr := tar.NewReader(br)
-	b := newIndexBuilder()
+	x := NewIndexer()
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
@@ -32,11 +53,11 @@ func indexTar(br *blockReader) ([]layer.Entry, error) {
 			}
 			return nil, fmt.Errorf("tar header at offset %d: %w", br.offset(), err)
 		}
-		if err := b.add(hdr, br.offset()); err != nil {
-			return nil, fmt.Errorf("%w: entry %q: %w", ErrMalformed, hdr.Name, err)
+		if err := x.Add(hdr, br.offset()); err != nil {
+			return nil, err
 		}
 	}
-	return b.entries(), nil
+	return x.Entries(), nil
 }
 
 // indexBuilder applies tar entries in order with the semantics of extracting them into an

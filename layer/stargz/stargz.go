@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/containerd/stargz-snapshotter/estargz/zstdchunked"
@@ -36,6 +37,9 @@ func TOCDigest(desc ocispec.Descriptor) (digest.Digest, bool) {
 // Layer is an opened eStargz or zstd:chunked layer. It is safe for concurrent use if its
 // io.ReaderAt is.
 type Layer struct {
+	mu      sync.Mutex
+	extents []extent // the regular files in the virtual stream, by offset (Entries)
+
 	blob     io.ReaderAt
 	payload  int64 // where the chunks end: the TOC's offset, or the blob's size
 	r        *estargz.Reader
