@@ -11,8 +11,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
+	"github.com/opencontainers/go-digest"
 )
 
 // File is one tar entry to write. Data is the content of a regular file.
@@ -166,4 +168,20 @@ func Generated(seed uint64, size int64, nfiles int) []File {
 		files = append(files, reg("data/large.bin", 0o644, Pattern(seed, int(rest))))
 	}
 	return files
+}
+
+// EStargz converts the tar stream tarStream into an eStargz blob (estargz.Build with opts),
+// and returns the blob and the digest of its TOC, which a manifest's layer annotation would
+// name.
+func EStargz(tarStream []byte, opts ...estargz.Option) ([]byte, digest.Digest, error) {
+	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tarStream), 0, int64(len(tarStream))), opts...)
+	if err != nil {
+		return nil, "", fmt.Errorf("build eStargz: %w", err)
+	}
+	defer blob.Close()
+	data, err := io.ReadAll(blob)
+	if err != nil {
+		return nil, "", fmt.Errorf("build eStargz: %w", err)
+	}
+	return data, blob.TOCDigest(), nil
 }

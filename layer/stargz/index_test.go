@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"io"
 	"testing"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
+	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 )
 
 // TestEntriesMatchTheTarStream: the entries Entries derives from the TOC are those of an
@@ -22,8 +22,7 @@ func TestEntriesMatchTheTarStream(t *testing.T) {
 	mtime := time.Unix(1700000000, 0)
 	big := randomBytes(7, 10*chunkSize+17)
 	content := map[string][]byte{"etc/a.txt": []byte("alpha\n"), "big.bin": big, "opq/x": []byte("x")}
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+	var files []layertest.File
 	for _, h := range []*tar.Header{
 		{Typeflag: tar.TypeDir, Name: "etc/", Mode: 0o755},
 		{Typeflag: tar.TypeReg, Name: "etc/a.txt", Mode: 0o640, Uid: 1000, Gid: 100, Size: 6,
@@ -41,24 +40,13 @@ func TestEntriesMatchTheTarStream(t *testing.T) {
 	} {
 		h.ModTime = mtime
 		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if h.Typeflag == tar.TypeReg {
-			if _, err := tw.Write(content[h.Name]); err != nil {
-				t.Fatal(err)
-			}
-		}
+		files = append(files, layertest.File{Header: *h, Data: content[h.Name]})
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	eb, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())), estargz.WithChunkSize(chunkSize))
+	ts, err := layertest.Tar(files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer eb.Close()
-	blob, err := io.ReadAll(eb)
+	blob, toc, err := layertest.EStargz(ts, estargz.WithChunkSize(chunkSize))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +55,7 @@ func TestEntriesMatchTheTarStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := Open(bytes.NewReader(blob), int64(len(blob)), eb.TOCDigest())
+	l, err := Open(bytes.NewReader(blob), int64(len(blob)), toc)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 )
 
 const chunkSize = 4096
@@ -36,34 +37,28 @@ func randomBytes(seed uint64, n int) []byte {
 	return b
 }
 
-// build returns an eStargz blob of files, uncompressed (gzip level 0) so that two layers
-// whose files have the same sizes have the same layout, and its TOC digest.
-func build(t *testing.T, files []file) ([]byte, digest.Digest) {
-	t.Helper()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
+// build returns an eStargz blob of files, made with opts, and its TOC digest.
+func build(files []file, opts ...estargz.Option) ([]byte, digest.Digest, error) {
+	var entries []layertest.File
 	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			t.Fatal(err)
-		}
+		entries = append(entries, layertest.File{Header: tar.Header{Name: f.name, Mode: 0o644, Typeflag: tar.TypeReg}, Data: f.data})
 	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
+	ts, err := layertest.Tar(entries)
+	if err != nil {
+		return nil, "", err
 	}
-	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())),
-		estargz.WithChunkSize(chunkSize), estargz.WithCompressionLevel(gzip.NoCompression))
+	return layertest.EStargz(ts, append([]estargz.Option{estargz.WithChunkSize(chunkSize)}, opts...)...)
+}
+
+// buildPlain builds files into an eStargz blob stored, not compressed (gzip level 0), so
+// that two layers whose files have the same sizes have the same layout.
+func buildPlain(t *testing.T, files []file) ([]byte, digest.Digest) {
+	t.Helper()
+	blob, toc, err := build(files, estargz.WithCompressionLevel(gzip.NoCompression))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer blob.Close()
-	out, err := io.ReadAll(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out, blob.TOCDigest()
+	return blob, toc
 }
 
 // countingReader is an io.ReaderAt over a blob that counts the bytes read from it.
@@ -91,7 +86,7 @@ func testFiles() []file {
 
 func TestReadAtReadsOnlyWhatItNeeds(t *testing.T) {
 	files := testFiles()
-	blob, toc := build(t, files)
+	blob, toc := buildPlain(t, files)
 	cr := &countingReader{blob: blob}
 	l, err := Open(cr, int64(len(blob)), toc)
 	if err != nil {
@@ -132,30 +127,11 @@ func TestReadAtReadsOnlyWhatItNeeds(t *testing.T) {
 
 func TestZstdChunked(t *testing.T) {
 	files := testFiles()
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	for _, f := range files {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())),
-		estargz.WithChunkSize(chunkSize), estargz.WithCompression(zstdChunked{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
+	data, toc, err := build(files, estargz.WithCompression(zstdChunked{&zstdchunked.Compressor{CompressionLevel: zstd.SpeedDefault}, &zstdchunked.Decompressor{}}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer blob.Close()
-	data, err := io.ReadAll(blob)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := Open(bytes.NewReader(data), int64(len(data)), blob.TOCDigest())
+	l, err := Open(bytes.NewReader(data), int64(len(data)), toc)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +148,7 @@ type zstdChunked struct {
 }
 
 func TestOpenRefusesAnotherTOC(t *testing.T) {
-	blob, _ := build(t, testFiles())
+	blob, _ := buildPlain(t, testFiles())
 	if _, err := Open(bytes.NewReader(blob), int64(len(blob)), digest.FromString("another TOC")); !errors.Is(err, layer.ErrDigestMismatch) {
 		t.Fatalf("got %v; want ErrDigestMismatch", err)
 	}
@@ -183,11 +159,11 @@ func TestOpenRefusesAnotherTOC(t *testing.T) {
 // read right.
 func TestReadAtRefusesAChunkThatDoesNotMatch(t *testing.T) {
 	files := testFiles()
-	good, toc := build(t, files)
+	good, toc := buildPlain(t, files)
 	other := append([]file(nil), files...)
 	other[0].data = bytes.Clone(files[0].data)
 	other[0].data[3*chunkSize+5] ^= 0xff
-	bad, _ := build(t, other)
+	bad, _ := buildPlain(t, other)
 	if len(bad) != len(good) {
 		t.Fatalf("layouts differ: %d and %d bytes", len(bad), len(good))
 	}
@@ -235,7 +211,10 @@ func TestTOCDigest(t *testing.T) {
 // FuzzOpen: a blob of any bytes, however its footer and TOC are mangled, gives an error or
 // a layer, never a panic; a layer opened is one whose TOC matched.
 func FuzzOpen(f *testing.F) {
-	blob, toc := buildSeed()
+	blob, toc, err := build(testFiles()[1:])
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add(blob, toc.String())
 	f.Add(blob[:len(blob)-10], toc.String())
 	f.Add([]byte("not a layer at all"), digest.FromString("x").String())
@@ -253,25 +232,4 @@ func FuzzOpen(f *testing.F) {
 			_, _ = l.ReadAt(name, p, 0)
 		}
 	})
-}
-
-// buildSeed is build without a testing.T, for the fuzz corpus.
-func buildSeed() ([]byte, digest.Digest) {
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	for _, f := range testFiles()[1:] {
-		_ = tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg})
-		_, _ = tw.Write(f.data)
-	}
-	_ = tw.Close()
-	blob, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())), estargz.WithChunkSize(chunkSize))
-	if err != nil {
-		panic(err)
-	}
-	defer blob.Close()
-	data, err := io.ReadAll(blob)
-	if err != nil {
-		panic(err)
-	}
-	return data, blob.TOCDigest()
 }

@@ -15,12 +15,12 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/containerd/stargz-snapshotter/estargz"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 )
 
@@ -243,29 +243,14 @@ func TestReaderAtReadsOnlyTheBlocksItTouches(t *testing.T) {
 // TestStargzLayerThroughTheCache: an eStargz layer opened over ReaderAt reads a small file
 // with a few block requests, not the whole blob.
 func TestStargzLayerThroughTheCache(t *testing.T) {
-	var tb bytes.Buffer
-	tw := tar.NewWriter(&tb)
-	big := randomBlob(6 * blockSize)
-	for _, f := range []struct {
-		name string
-		data []byte
-	}{{"big.bin", big}, {"small.txt", []byte("small\n")}} {
-		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.data)), Typeflag: tar.TypeReg}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(f.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	eb, err := estargz.Build(io.NewSectionReader(bytes.NewReader(tb.Bytes()), 0, int64(tb.Len())))
+	ts, err := layertest.Tar([]layertest.File{
+		{Header: tar.Header{Name: "big.bin", Mode: 0o644, Typeflag: tar.TypeReg}, Data: randomBlob(6 * blockSize)},
+		{Header: tar.Header{Name: "small.txt", Mode: 0o644, Typeflag: tar.TypeReg}, Data: []byte("small\n")},
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer eb.Close()
-	blob, err := io.ReadAll(eb)
+	blob, toc, err := layertest.EStargz(ts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,7 +261,7 @@ func TestStargzLayerThroughTheCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := stargz.Open(ra, int64(len(blob)), eb.TOCDigest())
+	l, err := stargz.Open(ra, int64(len(blob)), toc)
 	if err != nil {
 		t.Fatal(err)
 	}
