@@ -111,6 +111,9 @@ type LazyConfig struct {
 	// FuseManager serves the FUSE layers from a separate process that the daemon starts and
 	// that outlives it, so that restarting the daemon does not break running containers.
 	FuseManager bool `toml:"fuse_manager"`
+	// Stargz mounts eStargz and zstd:chunked layers from their table of contents, reading only
+	// the chunks that are read, instead of with one pass over the whole blob.
+	Stargz bool `toml:"stargz"`
 }
 
 // DefaultConfig returns the configuration used when no file or flag says otherwise.
@@ -122,7 +125,7 @@ func DefaultConfig() Config {
 		LogLevel: DefaultLogLevel,
 		Mirror:   MirrorConfig{Address: DefaultMirrorAddress},
 		Cache:    CacheConfig{Size: 1 << 30, BlockSize: layer.DefaultBlockSize},
-		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute), FuseManager: true},
+		Lazy:     LazyConfig{Enable: true, Timeout: Duration(5 * time.Minute), FuseManager: true, Stargz: true},
 		P2P:      P2PConfig{SchedulerCooldown: Duration(30 * time.Second), UploadSlots: 16},
 	}
 }

@@ -11,8 +11,10 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
@@ -94,9 +96,25 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	node := p2p.NewNode(cache, record, seeds, sched)
 	nodeRef.Store(node)
 	closers = append(closers, node.Close)
-	m := fusemanager.NewMounter(node)
+	bs := blobs.New(cache, client)
+	var mopts []fusemanager.MounterOption
+	if cfg.Lazy.Stargz {
+		mopts = append(mopts, fusemanager.WithStargz(stargzOpener{blobs: bs, ranges: client}))
+	}
+	m := fusemanager.NewMounter(node, mopts...)
 	closers = append(closers, func() error { m.Close(); return nil })
-	return &dataPlaneParts{mounter: m, blobs: blobs.New(cache, client), node: node, close: closeAll}, nil
+	return &dataPlaneParts{mounter: m, blobs: bs, node: node, close: closeAll}, nil
+}
+
+// stargzOpener opens eStargz and zstd:chunked layers through the block cache, with the
+// registry client's credentials.
+type stargzOpener struct {
+	blobs  *blobs.Server
+	ranges blobs.BlobRanges
+}
+
+func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
+	return o.blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
 }
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is

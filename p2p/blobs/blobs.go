@@ -10,9 +10,11 @@ import (
 	"sync"
 
 	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 	"github.com/p2pimage/p2p-snapshotter/p2p/stream"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
@@ -106,6 +108,66 @@ func (s *Server) ReaderAt(ctx context.Context, req Request) (io.ReaderAt, error)
 	task := layer.TaskIDFromDigest(req.Digest)
 	return &blobReader{ctx: ctx, cache: s.cache, task: task, size: req.Size,
 		fill: &rangeFiller{client: client, url: &u, header: req.Header, size: req.Size, blockSize: int64(s.cache.BlockSize()), table: s.table(task, req.Size)}}, nil
+}
+
+// BlobRanges reads ranges of blobs with this node's own credentials. registry.Client
+// satisfies it.
+type BlobRanges interface {
+	ReadBlobRange(ctx context.Context, host, repository string, dgst digest.Digest, offset, length int64) (io.ReadCloser, error)
+}
+
+// OpenStargz opens the eStargz or zstd:chunked layer desc of repository on host, whose TOC
+// has digest toc (stargz.TOCDigest), reading the blob at random through the block cache with
+// ranges: one request per block a read touches. Reads of the layer use ctx, so it is usable
+// as long as ctx is.
+func (s *Server) OpenStargz(ctx context.Context, ranges BlobRanges, host, repository string, desc ocispec.Descriptor, toc digest.Digest) (*stargz.Layer, error) {
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("stargz layer %q: %w", desc.Digest, err)
+	}
+	if desc.Size <= 0 {
+		return nil, fmt.Errorf("stargz layer %s: size %d", desc.Digest, desc.Size)
+	}
+	task := layer.TaskIDFromDigest(desc.Digest)
+	r := &blobReader{ctx: ctx, cache: s.cache, task: task, size: desc.Size,
+		fill: &ownRangeFiller{ranges: ranges, host: host, repository: repository, dgst: desc.Digest, size: desc.Size,
+			blockSize: int64(s.cache.BlockSize()), table: s.table(task, desc.Size)}}
+	l, err := stargz.Open(r, desc.Size, toc)
+	if err != nil {
+		return nil, fmt.Errorf("stargz layer %s in %s/%s: %w", desc.Digest, host, repository, err)
+	}
+	return l, nil
+}
+
+// ownRangeFiller reads a block of a blob with one Range request made with this node's
+// credentials, and verifies it when the blob's block table is known.
+type ownRangeFiller struct {
+	ranges           BlobRanges
+	host, repository string
+	dgst             digest.Digest
+	size, blockSize  int64
+	table            *layer.BlockTable
+}
+
+func (f *ownRangeFiller) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte) (int, error) {
+	off := int64(key.Index) * f.blockSize
+	n := min(f.blockSize, f.size-off)
+	if n <= 0 || int64(len(buf)) < n {
+		return 0, fmt.Errorf("block %d of a %d-byte blob: out of range", key.Index, f.size)
+	}
+	rc, err := f.ranges.ReadBlobRange(ctx, f.host, f.repository, f.dgst, off, n)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	if _, err := io.ReadFull(rc, buf[:n]); err != nil {
+		return 0, fmt.Errorf("block %d: %w", key.Index, err)
+	}
+	if f.table != nil {
+		if err := f.table.Verify(key.Index, buf[:n]); err != nil {
+			return 0, err
+		}
+	}
+	return int(n), nil
 }
 
 // blobReader reads a blob at random through the block cache.

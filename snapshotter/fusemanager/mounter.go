@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 )
@@ -24,9 +25,16 @@ type LayerStore interface {
 	Open(task layer.TaskID) (*seed.Layer, error)
 }
 
+// StargzOpener opens eStargz and zstd:chunked layers from their TOC (blobs.Server through
+// an adapter). A layer opened reads with ctx for as long as it is mounted.
+type StargzOpener interface {
+	OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error)
+}
+
 // Mounter mounts layers from a LayerStore over FUSE. It is safe for concurrent use.
 type Mounter struct {
-	store LayerStore
+	store  LayerStore
+	stargz StargzOpener // nil: every layer through the store
 
 	mu     sync.Mutex
 	mounts map[string]mounted // by directory
@@ -49,10 +57,20 @@ type mounted struct {
 	diffID digest.Digest
 }
 
+// MounterOption configures a Mounter.
+type MounterOption func(*Mounter)
+
+// WithStargz mounts eStargz and zstd:chunked layers from their TOC with o, reading only what
+// is read, instead of seeding them with a pass over the whole blob.
+func WithStargz(o StargzOpener) MounterOption { return func(m *Mounter) { m.stargz = o } }
+
 // NewMounter returns a Mounter serving layers of store.
-func NewMounter(store LayerStore) *Mounter {
+func NewMounter(store LayerStore, opts ...MounterOption) *Mounter {
 	m := &Mounter{store: store, mounts: make(map[string]mounted), slots: make(chan struct{}, maxPrefetches)}
 	m.prefetchCtx, m.stopPrefetch = context.WithCancel(context.Background())
+	for _, o := range opts {
+		o(m)
+	}
 	return m
 }
 
@@ -60,6 +78,9 @@ func NewMounter(store LayerStore) *Mounter {
 // after finds it held or joins the fetch under way. It returns at once; ctx only carries
 // values (a logger). A failed prefetch is logged, and the Mount fetches the layer itself.
 func (m *Mounter) Prefetch(ctx context.Context, src seed.Source) error {
+	if _, ok := stargz.TOCDigest(src.Blob); ok && m.stargz != nil {
+		return nil // mounted from its TOC: nothing to fetch ahead of the reads
+	}
 	m.prefetches.Add(1)
 	go func() {
 		defer m.prefetches.Done()
@@ -85,11 +106,37 @@ func (m *Mounter) Mount(ctx context.Context, dir string, src seed.Source, lowerD
 	if m.has(dir, src.DiffID) {
 		return nil
 	}
+	if toc, ok := stargz.TOCDigest(src.Blob); ok && m.stargz != nil {
+		err := m.mountStargz(ctx, dir, src, toc, lowerDirs)
+		if err == nil {
+			return nil
+		}
+		// The blob is gzip or zstd all the same: one pass over it makes a layer too.
+		log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("cannot mount the layer from its TOC; seeding it whole")
+	}
 	l, err := m.store.Layer(ctx, src)
 	if err != nil {
 		return err
 	}
-	return m.mount(ctx, dir, l, lowerDirs)
+	return m.mount(ctx, dir, l.Index, l, lowerDirs)
+}
+
+// mountStargz mounts the eStargz or zstd:chunked layer src at dir from its TOC, whose digest
+// is toc. Its reads last as long as the Mounter. The TOC lists no entry for itself, so the
+// mount shows no stargz.index.json, which a plain unpack of the blob does.
+func (m *Mounter) mountStargz(ctx context.Context, dir string, src seed.Source, toc digest.Digest, lowerDirs []string) error {
+	l, err := m.stargz.OpenStargz(m.prefetchCtx, src, toc)
+	if err != nil {
+		return err
+	}
+	entries, size, err := l.Entries()
+	if err != nil {
+		return err
+	}
+	// The block table gives the size of the files' stream; its blocks have no digests, as
+	// layerfs reads through l, which checks every chunk.
+	x := &layer.Index{DiffID: src.DiffID, Blocks: layer.BlockTable{BlockSize: layer.DefaultBlockSize, Size: size}, Entries: entries}
+	return m.mount(ctx, dir, x, l, lowerDirs)
 }
 
 // Restore mounts at dir a layer this node holds already, as after a restart. If that layer
@@ -102,7 +149,7 @@ func (m *Mounter) Restore(ctx context.Context, dir string, diffID digest.Digest,
 	if err != nil {
 		return err
 	}
-	return m.mount(ctx, dir, l, lowerDirs)
+	return m.mount(ctx, dir, l.Index, l, lowerDirs)
 }
 
 func (m *Mounter) has(dir string, diffID digest.Digest) bool {
@@ -112,23 +159,24 @@ func (m *Mounter) has(dir string, diffID digest.Digest) bool {
 	return ok && cur.diffID == diffID
 }
 
-func (m *Mounter) mount(ctx context.Context, dir string, l *seed.Layer, lowerDirs []string) error {
+// mount mounts the layer of index x at dir, its files' data read from r.
+func (m *Mounter) mount(ctx context.Context, dir string, x *layer.Index, r layerfs.StreamReader, lowerDirs []string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if cur, ok := m.mounts[dir]; ok {
-		if cur.diffID == l.Index.DiffID {
+		if cur.diffID == x.DiffID {
 			return nil
 		}
-		return fmt.Errorf("mount layer %s at %s: layer %s is mounted there", l.Index.DiffID, dir, cur.diffID)
+		return fmt.Errorf("mount layer %s at %s: layer %s is mounted there", x.DiffID, dir, cur.diffID)
 	}
 	detachStale(dir)
-	fs, err := layerfs.Mount(ctx, dir, l.Index, l, layerfs.WithFSName("p2p:"+l.Index.DiffID.Encoded()[:12]), layerfs.WithLowerDirs(lowerDirs))
+	fs, err := layerfs.Mount(ctx, dir, x, r, layerfs.WithFSName("p2p:"+x.DiffID.Encoded()[:12]), layerfs.WithLowerDirs(lowerDirs))
 	if err != nil {
-		return fmt.Errorf("mount layer %s at %s: %w", l.Index.DiffID, dir, err)
+		return fmt.Errorf("mount layer %s at %s: %w", x.DiffID, dir, err)
 	}
-	m.mounts[dir] = mounted{fs: fs, diffID: l.Index.DiffID}
+	m.mounts[dir] = mounted{fs: fs, diffID: x.DiffID}
 	go m.forgetWhenGone(dir, fs)
-	log.G(ctx).WithFields(log.Fields{"dir": dir, "diffID": l.Index.DiffID}).Debug("layer mounted")
+	log.G(ctx).WithFields(log.Fields{"dir": dir, "diffID": x.DiffID}).Debug("layer mounted")
 	return nil
 }
 

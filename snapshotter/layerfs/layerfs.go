@@ -137,7 +137,8 @@ type Mounted struct {
 }
 
 // Mount mounts the layer x read-only at dir, serving file data from r, and returns once the
-// kernel serves the mount. x must be valid, as layer.Unmarshal and ingest.Build return it.
+// kernel serves the mount. x must be valid, as layer.Unmarshal and ingest.Build return it,
+// except for its block digests, which are not used: r checks what it reads.
 // ctx bounds nothing after Mount returns and is not kept; its logger is the default one. The
 // mount lives until Unmount, or until someone else unmounts dir.
 func Mount(ctx context.Context, dir string, x *layer.Index, r StreamReader, opts ...Option) (*Mounted, error) {
