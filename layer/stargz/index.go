@@ -16,6 +16,10 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 )
 
+// tocFileName names the extent of the TOC's own file, held in memory: no TOC entry has a
+// name with a NUL.
+const tocFileName = "\x00" + estargz.TOCTarName
+
 // extent is a regular file's place in the virtual stream.
 type extent struct {
 	off, size int64
@@ -25,7 +29,8 @@ type extent struct {
 // Entries returns the layer's entries as an index of its tar stream would list them
 // (ingest.Indexer: whiteouts, opaque directories and hardlinks applied), and the size of the
 // virtual stream their offsets address: the layer's regular files one after another, which
-// ReadStreamAt reads. The TOC lists no entry for its own file, stargz.index.json.
+// ReadStreamAt reads. The TOC lists no entry for its own file, stargz.index.json, which an
+// eStargz blob's tar stream ends with: it comes last, as there.
 func (l *Layer) Entries() ([]layer.Entry, int64, error) {
 	root, ok := l.r.Lookup("")
 	if !ok {
@@ -76,6 +81,14 @@ func (l *Layer) Entries() ([]layer.Entry, int64, error) {
 		if err := x.Add(hdr, off); err != nil {
 			return nil, 0, fmt.Errorf("stargz layer: %w", err)
 		}
+	}
+	if l.tocFile != nil {
+		h := *l.tocFile
+		extents = append(extents, extent{off: size, size: int64(len(l.tocData)), name: tocFileName})
+		if err := x.Add(&h, size); err != nil {
+			return nil, 0, fmt.Errorf("stargz layer: %w", err)
+		}
+		size += int64(len(l.tocData))
 	}
 	l.mu.Lock()
 	l.extents = extents
@@ -133,6 +146,12 @@ func (l *Layer) ReadStreamAt(_ context.Context, p []byte, off int64) (int, error
 			return n, fmt.Errorf("stargz layer: offset %d is in no file", off)
 		}
 		want := min(int64(len(p)-n), x.off+x.size-off)
+		if x.name == tocFileName {
+			m := copy(p[n:n+int(want)], l.tocData[off-x.off:])
+			n += m
+			off += int64(m)
+			continue
+		}
 		m, err := l.ReadAt(x.name, p[n:n+int(want)], off-x.off)
 		n += m
 		off += int64(m)

@@ -1,6 +1,7 @@
 package stargz
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
@@ -40,8 +41,13 @@ type Layer struct {
 	mu      sync.Mutex
 	extents []extent // the regular files in the virtual stream, by offset (Entries)
 
-	blob     io.ReaderAt
-	payload  int64 // where the chunks end: the TOC's offset, or the blob's size
+	blob    io.ReaderAt
+	payload int64 // where the chunks end: the TOC's offset, or the blob's size
+	// tocFile is the tar entry of the TOC itself (stargz.index.json) that an eStargz blob's
+	// tar stream ends with, and tocData its content (checked against the TOC digest); nil
+	// for zstd:chunked, whose TOC is no tar entry.
+	tocFile  *tar.Header
+	tocData  []byte
 	r        *estargz.Reader
 	verifier estargz.TOCEntryVerifier
 }
@@ -52,8 +58,9 @@ func decompressors() []estargz.Decompressor {
 	return []estargz.Decompressor{new(estargz.GzipDecompressor), new(estargz.LegacyGzipDecompressor), new(zstdchunked.Decompressor)}
 }
 
-// payloadEnd returns where the chunks of the size-byte blob end, from its footer.
-func payloadEnd(ra io.ReaderAt, size int64) int64 {
+// payloadEnd returns where the chunks of the size-byte blob end, from its footer, and
+// where the footer begins.
+func payloadEnd(ra io.ReaderAt, size int64) (tocOffset, footerOffset int64) {
 	for _, d := range decompressors() {
 		fs := d.FooterSize()
 		if fs > size {
@@ -61,13 +68,40 @@ func payloadEnd(ra io.ReaderAt, size int64) int64 {
 		}
 		footer := make([]byte, fs)
 		if _, err := ra.ReadAt(footer, size-fs); err != nil && !errors.Is(err, io.EOF) {
-			return size
+			return size, size
 		}
-		if _, tocOffset, _, err := d.ParseFooter(footer); err == nil && tocOffset >= 0 && tocOffset <= size {
-			return tocOffset
+		if _, tocOffset, _, err := d.ParseFooter(footer); err == nil && tocOffset >= 0 && tocOffset <= size-fs {
+			return tocOffset, size - fs
 		}
 	}
-	return size
+	return size, size
+}
+
+// maxTOCFile bounds the TOC entry read to show it as a file.
+const maxTOCFile = 64 << 20
+
+// readTOCFile returns the tar entry an eStargz blob's TOC is stored as, and its content, if
+// [tocOffset, footerOffset) of the blob is a gzip stream holding one, whose content has
+// digest tocDigest; nil otherwise (zstd:chunked).
+func readTOCFile(ra io.ReaderAt, tocOffset, footerOffset int64, tocDigest digest.Digest) (*tar.Header, []byte) {
+	if footerOffset-tocOffset <= 0 || footerOffset-tocOffset > maxTOCFile {
+		return nil, nil
+	}
+	zr, err := gzip.NewReader(io.NewSectionReader(ra, tocOffset, footerOffset-tocOffset))
+	if err != nil {
+		return nil, nil
+	}
+	defer zr.Close()
+	tr := tar.NewReader(zr)
+	h, err := tr.Next()
+	if err != nil || h.Name != estargz.TOCTarName || h.Size > maxTOCFile {
+		return nil, nil
+	}
+	data, err := io.ReadAll(io.LimitReader(tr, maxTOCFile))
+	if err != nil || tocDigest.Algorithm().FromBytes(data) != tocDigest {
+		return nil, nil
+	}
+	return h, data
 }
 
 // Open reads the footer and the TOC of the size-byte blob that ra reads, and checks the TOC
@@ -84,7 +118,10 @@ func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stargz layer: %w: %w", layer.ErrDigestMismatch, err)
 	}
-	return &Layer{blob: ra, payload: payloadEnd(ra, size), r: r, verifier: v}, nil
+	tocOffset, footerOffset := payloadEnd(ra, size)
+	l := &Layer{blob: ra, payload: tocOffset, r: r, verifier: v}
+	l.tocFile, l.tocData = readTOCFile(ra, tocOffset, footerOffset, tocDigest)
+	return l, nil
 }
 
 // Lookup returns the TOC entry of path ("" for the root), following hardlinks to the entry

@@ -122,8 +122,7 @@ func (m *Mounter) Mount(ctx context.Context, dir string, src seed.Source, lowerD
 }
 
 // mountStargz mounts the eStargz or zstd:chunked layer src at dir from its TOC, whose digest
-// is toc. Its reads last as long as the Mounter. The TOC lists no entry for itself, so the
-// mount shows no stargz.index.json, which a plain unpack of the blob does.
+// is toc. Its reads last as long as the Mounter.
 func (m *Mounter) mountStargz(ctx context.Context, dir string, src seed.Source, toc digest.Digest, lowerDirs []string) error {
 	l, err := m.stargz.OpenStargz(m.prefetchCtx, src, toc)
 	if err != nil {
