@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,6 +40,24 @@ type Registry struct {
 	Host string
 	srv  *http.Server
 	done chan struct{}
+	// blobBytes counts the bytes of blob bodies served (GET), ranges included.
+	blobBytes atomic.Int64
+}
+
+// BlobBytesServed returns the bytes of blob content the registry has sent so far, whole
+// blobs and ranges alike.
+func (r *Registry) BlobBytesServed() int64 { return r.blobBytes.Load() }
+
+// countingWriter counts the body bytes written through it.
+type countingWriter struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c countingWriter) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // StartRegistry serves a new, empty registry on 127.0.0.1, logging requests to logw.
@@ -47,13 +66,16 @@ func StartRegistry(logw io.Writer) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry listen: %w", err)
 	}
-	r := &Registry{
-		Host: ln.Addr().String(),
-		srv: &http.Server{
-			Handler:           ggcrregistry.New(ggcrregistry.Logger(log.New(logw, "registry: ", log.LstdFlags|log.Lmicroseconds))),
-			ReadHeaderTimeout: 30 * time.Second,
-		},
-		done: make(chan struct{}),
+	r := &Registry{Host: ln.Addr().String(), done: make(chan struct{})}
+	reg := ggcrregistry.New(ggcrregistry.Logger(log.New(logw, "registry: ", log.LstdFlags|log.Lmicroseconds)))
+	r.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
+				w = countingWriter{ResponseWriter: w, n: &r.blobBytes}
+			}
+			reg.ServeHTTP(w, req)
+		}),
+		ReadHeaderTimeout: 30 * time.Second,
 	}
 	go func() {
 		defer close(r.done)

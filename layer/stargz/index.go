@@ -30,7 +30,8 @@ type extent struct {
 // (ingest.Indexer: whiteouts, opaque directories and hardlinks applied), and the size of the
 // virtual stream their offsets address: the layer's regular files one after another, which
 // ReadStreamAt reads. The TOC lists no entry for its own file, stargz.index.json, which an
-// eStargz blob's tar stream ends with: it comes last, as there.
+// eStargz blob's tar stream ends with: it comes last, as there. The TOC keeps modification
+// times to the second (estargz rounds them), so the entries do too.
 func (l *Layer) Entries() ([]layer.Entry, int64, error) {
 	root, ok := l.r.Lookup("")
 	if !ok {
@@ -51,14 +52,18 @@ func (l *Layer) Entries() ([]layer.Entry, int64, error) {
 				links = append(links, named{name, e})
 				return true
 			}
-			ordered = append(ordered, named{name, e})
+			if !implicitDir(e) {
+				ordered = append(ordered, named{name, e})
+			} // else the Indexer makes it implicit, as the tar stream leaves it
 			if e.Type == "dir" {
 				walk(name, e)
 			}
 			return true
 		})
 	}
-	ordered = append(ordered, named{"", root})
+	if !implicitDir(root) {
+		ordered = append(ordered, named{"", root})
+	}
 	walk("", root)
 	x := ingest.NewIndexer()
 	var size int64
@@ -94,6 +99,14 @@ func (l *Layer) Entries() ([]layer.Entry, int64, error) {
 	l.extents = extents
 	l.mu.Unlock()
 	return x.Entries(), size, nil
+}
+
+// implicitDir reports whether e is a directory the TOC does not list but estargz made for
+// entries below it: no modification time, mode 0755, owned by root, no xattrs. (A listed
+// directory with exactly those attributes and the epoch as mtime is taken for one too; it
+// then shows the attributes of the layers below, or those same defaults.)
+func implicitDir(e *estargz.TOCEntry) bool {
+	return e.Type == "dir" && e.ModTime3339 == "" && e.Mode&0o7777 == 0o755 && e.UID == 0 && e.GID == 0 && len(e.Xattrs) == 0
 }
 
 // cleanName is a TOC entry name as the tree names it: no leading "./" or "/", no trailing
