@@ -3,6 +3,7 @@ package stargz
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -226,6 +227,41 @@ func (l *Layer) verify(ce *estargz.TOCEntry, chunk []byte) error {
 	}
 	if !v.Verified() {
 		return fmt.Errorf("%w: the chunk does not match its digest in the TOC", layer.ErrDigestMismatch)
+	}
+	return nil
+}
+
+// prefetchPiece is how much of the blob one prefetch read asks for.
+const prefetchPiece = 1 << 20
+
+// PrefetchEnd returns where the files the image's builder marked as read at start end in the
+// blob: the offset of the prefetch landmark (.prefetch.landmark), which estargz places after
+// them; ok is false when the layer has none.
+func (l *Layer) PrefetchEnd() (end int64, ok bool) {
+	e, ok := l.r.Lookup(estargz.PrefetchLandmark)
+	if !ok || e.Type != "reg" {
+		return 0, false
+	}
+	return e.Offset, true
+}
+
+// Prefetch reads the part of the blob before the prefetch landmark (PrefetchEnd), a piece at
+// a time, so that its chunks are at hand when the container reads them: through the block
+// cache, when the layer's reader reads through it. Chunks are still checked when read.
+func (l *Layer) Prefetch(ctx context.Context) error {
+	end, ok := l.PrefetchEnd()
+	if !ok {
+		return nil
+	}
+	buf := make([]byte, prefetchPiece)
+	for off := int64(0); off < end; off += prefetchPiece {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(prefetchPiece, end-off)
+		if _, err := l.blob.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("prefetch the blob at %d: %w", off, err)
+		}
 	}
 	return nil
 }

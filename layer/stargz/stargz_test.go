@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
+	"context"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -145,6 +146,38 @@ func TestZstdChunked(t *testing.T) {
 type zstdChunked struct {
 	*zstdchunked.Compressor
 	*zstdchunked.Decompressor
+}
+
+func TestPrefetchReadsWhatTheLandmarkMarks(t *testing.T) {
+	files := testFiles()
+	blob, toc, err := build(files, estargz.WithPrioritizedFiles([]string{"empty"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr := &countingReader{blob: blob}
+	l, err := Open(cr, int64(len(blob)), toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, ok := l.PrefetchEnd()
+	if !ok || end <= 0 || end > int64(len(blob))/2 {
+		t.Fatalf("prefetch end %d, %v; want a small prefix of the %d-byte blob", end, ok, len(blob))
+	}
+	before := cr.read
+	if err := l.Prefetch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := cr.read - before; got != end {
+		t.Fatalf("prefetch read %d bytes; want the %d before the landmark", got, end)
+	}
+	plain, ptoc := buildPlain(t, files)
+	lp, err := Open(bytes.NewReader(plain), int64(len(plain)), ptoc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := lp.PrefetchEnd(); ok {
+		t.Fatal("a layer built with no prioritized files has a prefetch landmark")
+	}
 }
 
 func TestOpenRefusesAnotherTOC(t *testing.T) {

@@ -81,21 +81,10 @@ func (m *Mounter) Prefetch(ctx context.Context, src seed.Source) error {
 	if _, ok := stargz.TOCDigest(src.Blob); ok && m.stargz != nil {
 		return nil // mounted from its TOC: nothing to fetch ahead of the reads
 	}
-	m.prefetches.Add(1)
-	go func() {
-		defer m.prefetches.Done()
-		select {
-		case m.slots <- struct{}{}:
-		case <-m.prefetchCtx.Done():
-			return
-		}
-		defer func() { <-m.slots }()
-		pctx, cancel := context.WithTimeout(m.prefetchCtx, prefetchTimeout)
-		defer cancel()
-		if _, err := m.store.Layer(pctx, src); err != nil && m.prefetchCtx.Err() == nil {
-			log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("prefetch of a layer failed")
-		}
-	}()
+	m.background(ctx, src, func(ctx context.Context) error {
+		_, err := m.store.Layer(ctx, src)
+		return err
+	})
 	return nil
 }
 
@@ -135,7 +124,33 @@ func (m *Mounter) mountStargz(ctx context.Context, dir string, src seed.Source, 
 	// The block table gives the size of the files' stream; its blocks have no digests, as
 	// layerfs reads through l, which checks every chunk.
 	x := &layer.Index{DiffID: src.DiffID, Blocks: layer.BlockTable{BlockSize: layer.DefaultBlockSize, Size: size}, Entries: entries}
-	return m.mount(ctx, dir, x, l, lowerDirs)
+	if err := m.mount(ctx, dir, x, l, lowerDirs); err != nil {
+		return err
+	}
+	if _, ok := l.PrefetchEnd(); ok {
+		m.background(ctx, src, l.Prefetch) // the files the image's builder marked as read at start
+	}
+	return nil
+}
+
+// background runs fetch in the background, as Prefetch does: at most maxPrefetches at a time,
+// each for at most prefetchTimeout, all stopped by Close. A failure is logged.
+func (m *Mounter) background(ctx context.Context, src seed.Source, fetch func(context.Context) error) {
+	m.prefetches.Add(1)
+	go func() {
+		defer m.prefetches.Done()
+		select {
+		case m.slots <- struct{}{}:
+		case <-m.prefetchCtx.Done():
+			return
+		}
+		defer func() { <-m.slots }()
+		pctx, cancel := context.WithTimeout(m.prefetchCtx, prefetchTimeout)
+		defer cancel()
+		if err := fetch(pctx); err != nil && m.prefetchCtx.Err() == nil {
+			log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("prefetch of a layer failed")
+		}
+	}()
 }
 
 // Restore mounts at dir a layer this node holds already, as after a restart. If that layer
