@@ -244,7 +244,7 @@ func (b *bench) prepareImages(ctx context.Context) error {
 		}
 	}
 	images := []imageInfo{b.gzipImage}
-	if contains(b.cfg.contenders, contStargz) {
+	if contains(b.cfg.contenders, contStargz) || contains(b.cfg.contenders, contP2PEsgz) {
 		if b.esgzImage, err = b.convert(ctx, img.Ref, b.regHost+"/bench/lazy:esgz"); err != nil {
 			return err
 		}

@@ -1,8 +1,8 @@
 // Command lazybench measures `nerdctl pull` + `nerdctl run` of one image from a registry behind
 // a slow link, side by side in one run: containerd's overlayfs, our p2p snapshotter (cold, and
 // twice warm: with the daemon root of the cold run, and with only its seeded layers; and as a
-// fresh node whose layers a seed on another host holds), and stargz-snapshotter on an eStargz
-// copy of the image.
+// fresh node whose layers a seed on another host holds, and as a fresh node mounting the
+// eStargz copy of the image from its TOC), and stargz-snapshotter on that eStargz copy.
 //
 //	go run ./integration/lazybench [-runs 3] [-rate 100mbit] [-size 200] [-contenders overlayfs,p2p,p2p-peer,stargz]
 //
@@ -65,10 +65,11 @@ const (
 	contP2PWarm = "p2p-warm"
 	contP2PSeed = "p2p-seed"
 	contP2PPeer = "p2p-peer"
+	contP2PEsgz = "p2p-esgz"
 	contStargz  = "stargz"
 )
 
-var allContenders = []string{contOverlay, contP2P, contP2PWarm, contP2PSeed, contP2PPeer, contStargz}
+var allContenders = []string{contOverlay, contP2P, contP2PWarm, contP2PSeed, contP2PPeer, contP2PEsgz, contStargz}
 
 type config struct {
 	runs            int

@@ -60,10 +60,20 @@ func (b *bench) measure(ctx context.Context, contender string, rep int) (result,
 		snapshotter, image, regHost := "overlayfs", b.gzipImage, b.regHost
 		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+b.regHost, "http://"+b.regHost)
 		switch contender {
-		case contP2P, contP2PWarm, contP2PSeed, contP2PPeer:
+		case contP2P, contP2PWarm, contP2PSeed, contP2PPeer, contP2PEsgz:
 			snapshotter = "p2p"
 			var root string
-			if contender == contP2PPeer {
+			switch contender {
+			case contP2PEsgz:
+				// A new node: a new root, removed after the run.
+				image = b.esgzImage
+				root = filepath.Join(b.dir, fmt.Sprintf("p2p-esgz-root-%d", rep))
+				t.Cleanup(func() {
+					if err := removeTree(root); err != nil {
+						t.Error(err)
+					}
+				})
+			case contP2PPeer:
 				image, regHost = b.peerImage, b.lab.regAddr
 				// A new node: a new root, removed after the run, and a host id of its own.
 				root = filepath.Join(b.dir, fmt.Sprintf("p2p-peer-root-%d", rep))
@@ -76,7 +86,7 @@ func (b *bench) measure(ctx context.Context, contender string, rep int) (result,
 				if opts.SnapshotterConfig, err = b.lab.nodeConfig(fmt.Sprintf("node%d", rep)); err != nil {
 					t.Fatal(err)
 				}
-			} else {
+			default:
 				root = b.p2pRoot(t, contender, rep)
 			}
 			mirror, err := freeAddress()

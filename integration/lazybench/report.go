@@ -15,6 +15,7 @@ var labels = map[string]string{
 	contP2PWarm: "p2p, warm: the cold run's daemon root (snapshots committed, remounted at start)",
 	contP2PSeed: "p2p, warm seed: only the cold run's seeded layers on disk (mount from disk)",
 	contP2PPeer: "p2p, peer: a fresh node, a seed on another host holds the layers",
+	contP2PEsgz: "p2p, eStargz copy: a fresh node mounts each layer from its TOC",
 	contStargz:  "stargz (eStargz copy of the image)",
 }
 
