@@ -99,22 +99,21 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	bs := blobs.New(cache, client)
 	var mopts []fusemanager.MounterOption
 	if cfg.Lazy.Stargz {
-		mopts = append(mopts, fusemanager.WithStargz(stargzOpener{blobs: bs, ranges: client}))
+		mopts = append(mopts, fusemanager.WithStargz(stargzOpener{ranges: client}))
 	}
 	m := fusemanager.NewMounter(node, mopts...)
 	closers = append(closers, func() error { m.Close(); return nil })
 	return &dataPlaneParts{mounter: m, blobs: bs, node: node, close: closeAll}, nil
 }
 
-// stargzOpener opens eStargz and zstd:chunked layers through the block cache, with the
-// registry client's credentials.
+// stargzOpener opens eStargz and zstd:chunked layers with the registry client's
+// credentials.
 type stargzOpener struct {
-	blobs  *blobs.Server
 	ranges blobs.BlobRanges
 }
 
 func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	return o.blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
+	return blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
 }
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is

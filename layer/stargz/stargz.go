@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path"
+	"sort"
 	"sync"
 
 	"github.com/containerd/stargz-snapshotter/estargz"
@@ -49,6 +51,7 @@ type Layer struct {
 	// for zstd:chunked, whose TOC is no tar entry.
 	tocFile  *tar.Header
 	tocData  []byte
+	chunks   *chunkCache // the last chunks read, verified
 	r        *estargz.Reader
 	verifier estargz.TOCEntryVerifier
 }
@@ -120,7 +123,7 @@ func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
 		return nil, fmt.Errorf("open stargz layer: %w: %w", layer.ErrDigestMismatch, err)
 	}
 	tocOffset, footerOffset := payloadEnd(ra, size)
-	l := &Layer{blob: ra, payload: tocOffset, r: r, verifier: v}
+	l := &Layer{blob: ra, payload: tocOffset, r: r, verifier: v, chunks: newChunkCache(chunkCacheBytes)}
 	l.tocFile, l.tocData = readTOCFile(ra, tocOffset, footerOffset, tocDigest)
 	return l, nil
 }
@@ -153,10 +156,7 @@ func (l *Layer) ReadAt(path string, p []byte, off int64) (int, error) {
 		if !ok {
 			return n, fmt.Errorf("read %s: no chunk holds offset %d", path, off)
 		}
-		chunk, err := l.readChunk(ce)
-		if err == nil {
-			err = l.verify(ce, chunk)
-		}
+		chunk, err := l.chunk(ce)
 		if err != nil {
 			return n, fmt.Errorf("read %s: chunk at %d: %w", path, ce.ChunkOffset, err)
 		}
@@ -168,6 +168,17 @@ func (l *Layer) ReadAt(path string, p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// chunk returns chunk ce uncompressed and verified, from the chunk cache or the blob.
+func (l *Layer) chunk(ce *estargz.TOCEntry) ([]byte, error) {
+	return l.chunks.get(ce, func() ([]byte, error) {
+		chunk, err := l.readChunk(ce)
+		if err == nil {
+			err = l.verify(ce, chunk)
+		}
+		return chunk, err
+	})
 }
 
 // readChunk reads the compressed bytes of chunk ce, exactly the range from its offset to the
@@ -231,8 +242,8 @@ func (l *Layer) verify(ce *estargz.TOCEntry, chunk []byte) error {
 	return nil
 }
 
-// prefetchPiece is how much of the blob one prefetch read asks for.
-const prefetchPiece = 1 << 20
+// chunkCacheBytes bounds the verified chunks a layer keeps: a few of estargz's default 4 MiB.
+const chunkCacheBytes = 16 << 20
 
 // PrefetchEnd returns where the files the image's builder marked as read at start end in the
 // blob: the offset of the prefetch landmark (.prefetch.landmark), which estargz places after
@@ -245,22 +256,51 @@ func (l *Layer) PrefetchEnd() (end int64, ok bool) {
 	return e.Offset, true
 }
 
-// Prefetch reads the part of the blob before the prefetch landmark (PrefetchEnd), a piece at
-// a time, so that its chunks are at hand when the container reads them: through the block
-// cache, when the layer's reader reads through it. Chunks are still checked when read.
+// Prefetch reads, verified, the chunks of the files before the prefetch landmark
+// (PrefetchEnd), so that they are at hand when the container reads them: as many as the
+// layer's chunk cache holds (chunkCacheBytes), in blob order.
 func (l *Layer) Prefetch(ctx context.Context) error {
 	end, ok := l.PrefetchEnd()
 	if !ok {
 		return nil
 	}
-	buf := make([]byte, prefetchPiece)
-	for off := int64(0); off < end; off += prefetchPiece {
+	root, ok := l.r.Lookup("")
+	if !ok {
+		return nil
+	}
+	var chunks []*estargz.TOCEntry
+	var walk func(dir string, d *estargz.TOCEntry)
+	walk = func(dir string, d *estargz.TOCEntry) {
+		d.ForeachChild(func(base string, e *estargz.TOCEntry) bool {
+			name := path.Join(dir, base)
+			switch {
+			case e.Type == "dir":
+				walk(name, e)
+			case e.Type == "reg" && cleanName(e.Name) == name && e.Offset < end:
+				for off := int64(0); off < e.Size; {
+					ce, ok := l.r.ChunkEntryForOffset(name, off)
+					if !ok || ce.ChunkSize <= 0 {
+						break
+					}
+					chunks = append(chunks, ce)
+					off = ce.ChunkOffset + ce.ChunkSize
+				}
+			}
+			return true
+		})
+	}
+	walk("", root)
+	sort.Slice(chunks, func(i, j int) bool { return chunks[i].Offset < chunks[j].Offset })
+	var total int64
+	for _, ce := range chunks {
+		if total += ce.ChunkSize; total > chunkCacheBytes {
+			break
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		n := min(prefetchPiece, end-off)
-		if _, err := l.blob.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("prefetch the blob at %d: %w", off, err)
+		if _, err := l.chunk(ce); err != nil {
+			return fmt.Errorf("prefetch %s: %w", ce.Name, err)
 		}
 	}
 	return nil

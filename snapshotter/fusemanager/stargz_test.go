@@ -33,14 +33,13 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
 
-// stargzOpener is the daemon's adapter from blobs.Server to StargzOpener.
+// stargzOpener is the daemon's adapter from blobs.OpenStargz to StargzOpener.
 type stargzOpener struct {
-	blobs  *blobs.Server
 	ranges blobs.BlobRanges
 }
 
 func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	return o.blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
+	return blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
 }
 
 // TestMountStargzFromTOC mounts an eStargz layer from its TOC: its files read right, and the
@@ -92,7 +91,7 @@ func TestMountStargzFromTOC(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	m := NewMounter(store, WithStargz(stargzOpener{blobs: blobs.New(cache, client), ranges: client}))
+	m := NewMounter(store, WithStargz(stargzOpener{ranges: client}))
 	defer m.Close()
 
 	mnt := filepath.Join(dir, "mnt")
@@ -162,7 +161,7 @@ func TestStargzMountShowsEveryEntryType(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	m := NewMounter(store, WithStargz(stargzOpener{blobs: blobs.New(cache, client), ranges: client}))
+	m := NewMounter(store, WithStargz(stargzOpener{ranges: client}))
 	defer m.Close()
 	mnt := filepath.Join(dir, "mnt")
 	os.Mkdir(mnt, 0o755)
