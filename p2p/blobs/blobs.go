@@ -86,30 +86,6 @@ func (s *Server) CopyBlob(ctx context.Context, w io.Writer, req Request) (int64,
 		stream.WithWindow(s.window), stream.WithVerified(func(t layer.BlockTable) { s.keepTable(task, t) }))
 }
 
-// ReaderAt returns a reader of the blob req names at random, through the block cache: each
-// block a read touches is read from the registry with one Range request, unless a block of
-// it is cached. Blocks are checked against the blob's block table once a whole copy has
-// recorded it (CopyBlob); until then the reader's user must check what it reads, as an
-// eStargz layer checks each chunk against its TOC. The reader's reads use ctx: it is usable
-// as long as ctx is.
-func (s *Server) ReaderAt(ctx context.Context, req Request) (io.ReaderAt, error) {
-	if err := req.Digest.Validate(); err != nil {
-		return nil, fmt.Errorf("blob %q: %w", req.Digest, err)
-	}
-	if req.Size < 0 {
-		return nil, fmt.Errorf("blob %s: negative size %d", req.Digest, req.Size)
-	}
-	base, client, err := s.upstreams.Upstream(ctx, req.Host)
-	if err != nil {
-		return nil, fmt.Errorf("blob %s: %w", req.Digest, err)
-	}
-	u := *base
-	u.Path = strings.TrimSuffix(base.Path, "/") + "/" + req.Repository + "/blobs/" + req.Digest.String()
-	task := layer.TaskIDFromDigest(req.Digest)
-	return &blobReader{ctx: ctx, cache: s.cache, task: task, size: req.Size,
-		fill: &rangeFiller{client: client, url: &u, header: req.Header, size: req.Size, blockSize: int64(s.cache.BlockSize()), table: s.table(task, req.Size)}}, nil
-}
-
 // BlobRanges reads ranges of blobs with this node's own credentials. registry.Client
 // satisfies it.
 type BlobRanges interface {
@@ -161,30 +137,6 @@ func (r *rangeReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	defer rc.Close()
 	n, err := io.ReadFull(rc, p[:want])
-	if err == nil && int64(n) < int64(len(p)) {
-		err = io.EOF
-	}
-	return n, err
-}
-
-// blobReader reads a blob at random through the block cache.
-type blobReader struct {
-	ctx   context.Context
-	cache *blockcache.Cache
-	task  layer.TaskID
-	size  int64
-	fill  blockcache.Filler
-}
-
-func (r *blobReader) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 {
-		return 0, fmt.Errorf("blob %s: negative offset %d", r.task, off)
-	}
-	if off >= r.size {
-		return 0, io.EOF
-	}
-	want := min(int64(len(p)), r.size-off)
-	n, err := r.cache.ReadStreamAt(r.ctx, r.task, r.fill, p[:want], off)
 	if err == nil && int64(n) < int64(len(p)) {
 		err = io.EOF
 	}

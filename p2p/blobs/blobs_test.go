@@ -1,7 +1,6 @@
 package blobs
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
@@ -20,8 +19,6 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
-	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
-	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 )
 
 const blockSize = 64 << 10
@@ -205,74 +202,4 @@ func TestCopyBlobUsesTheCallersCredentials(t *testing.T) {
 	if err == nil || n != 0 || out.Len() != 0 {
 		t.Fatalf("with bad credentials: wrote %d bytes, err %v; want nothing and an error", n, err)
 	}
-}
-
-func TestReaderAtReadsOnlyTheBlocksItTouches(t *testing.T) {
-	tr := newTestRegistry(t)
-	blob := randomBlob(10*blockSize + 123)
-	d := tr.push(t, "app", blob)
-	s := newServer(t, tr, 32*blockSize)
-	ra, err := s.ReaderAt(t.Context(), Request{Host: "example.test", Repository: "app", Digest: d, Size: int64(len(blob)), Header: goodAuth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tt := range []struct {
-		off, n     int
-		wantRanges int64 // requests so far
-	}{
-		{3*blockSize + 10, 100, 1},  // inside block 3
-		{3*blockSize + 500, 100, 1}, // block 3 again: cached
-		{5*blockSize - 50, 100, 3},  // across blocks 4 and 5
-		{len(blob) - 20, 20, 4},     // the short last block
-	} {
-		p := make([]byte, tt.n)
-		n, err := ra.ReadAt(p, int64(tt.off))
-		if err != nil || n != tt.n || !bytes.Equal(p, blob[tt.off:tt.off+tt.n]) {
-			t.Fatalf("ReadAt(%d, %d): got %d bytes, %v; want the blob's", tt.off, tt.n, n, err)
-		}
-		if got := tr.ranges.Load(); got != tt.wantRanges {
-			t.Fatalf("after ReadAt(%d, %d): %d range requests; want %d", tt.off, tt.n, got, tt.wantRanges)
-		}
-	}
-	p := make([]byte, 50)
-	if n, err := ra.ReadAt(p, int64(len(blob)-20)); n != 20 || !errors.Is(err, io.EOF) {
-		t.Fatalf("ReadAt past the end: got %d, %v; want 20, io.EOF", n, err)
-	}
-}
-
-// TestStargzLayerThroughTheCache: an eStargz layer opened over ReaderAt reads a small file
-// with a few block requests, not the whole blob.
-func TestStargzLayerThroughTheCache(t *testing.T) {
-	ts, err := layertest.Tar([]layertest.File{
-		{Header: tar.Header{Name: "big.bin", Mode: 0o644, Typeflag: tar.TypeReg}, Data: randomBlob(6 * blockSize)},
-		{Header: tar.Header{Name: "small.txt", Mode: 0o644, Typeflag: tar.TypeReg}, Data: []byte("small\n")},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, toc, err := layertest.EStargz(ts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := newTestRegistry(t)
-	d := tr.push(t, "app", blob)
-	s := newServer(t, tr, 32*blockSize)
-	ra, err := s.ReaderAt(t.Context(), Request{Host: "example.test", Repository: "app", Digest: d, Size: int64(len(blob)), Header: goodAuth})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := stargz.Open(ra, int64(len(blob)), toc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := make([]byte, 64)
-	n, err := l.ReadAt("small.txt", p, 0)
-	if string(p[:n]) != "small\n" || (err != nil && !errors.Is(err, io.EOF)) {
-		t.Fatalf("small.txt: got %q, %v", p[:n], err)
-	}
-	blocks := (int64(len(blob)) + blockSize - 1) / blockSize
-	if got := tr.ranges.Load(); got > 3 {
-		t.Errorf("opening the layer and reading a small file took %d block requests of the blob's %d; want at most 3", got, blocks)
-	}
-	t.Logf("%d block requests of %d, %d of %d bytes", tr.ranges.Load(), blocks, tr.sent.Load(), len(blob))
 }
