@@ -70,17 +70,7 @@ func TestFilesystemEquivalence(t *testing.T) {
 		}
 	}
 
-	// Views of the top layer: the daemon's directly, overlayfs's through containerd.
-	top := chainID(t, img, len(img.Layers)-1)
-	p2pRoot := mountView(ctx, t, p2p, "equivalence-view-p2p", top)
-
-	// A gc.root label keeps containerd's garbage collection off the overlayfs view.
-	octx := env.NamespaceContext(ctx)
-	overlayRoot := mountView(octx, t, env.ContainerdSnapshotter(t, "overlayfs"), "equivalence-view-overlayfs", top,
-		snapshots.WithLabels(map[string]string{"containerd.io/gc.root": time.Now().UTC().Format(time.RFC3339)}))
-
-	want := walkTree(t, overlayRoot)
-	got := walkTree(t, p2pRoot)
+	got, want := views(ctx, t, env, p2p, "equivalence", chainID(t, img, len(img.Layers)-1))
 	if len(want) < 100 {
 		t.Fatalf("the overlayfs view holds %d paths: not the image", len(want))
 	}
@@ -89,6 +79,17 @@ func TestFilesystemEquivalence(t *testing.T) {
 	} else {
 		t.Logf("%d paths compared: p2p and overlayfs agree", len(want))
 	}
+}
+
+// views mounts read-only views of the snapshot top, the daemon's directly and overlayfs's
+// through containerd, under keys named after name, and returns what each shows.
+func views(ctx context.Context, t *testing.T, env *containerdenv.Env, p2p snapshots.Snapshotter, name, top string) (p2pView, overlayView map[string]*node) {
+	t.Helper()
+	p2pRoot := mountView(ctx, t, p2p, name+"-view-p2p", top)
+	// A gc.root label keeps containerd's garbage collection off the overlayfs view.
+	overlayRoot := mountView(env.NamespaceContext(ctx), t, env.ContainerdSnapshotter(t, "overlayfs"), name+"-view-overlayfs", top,
+		snapshots.WithLabels(map[string]string{"containerd.io/gc.root": time.Now().UTC().Format(time.RFC3339)}))
+	return walkTree(t, p2pRoot), walkTree(t, overlayRoot)
 }
 
 // mountView creates a read-only view of parent in sn under key, mounts it on a new directory

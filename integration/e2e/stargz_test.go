@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -115,13 +114,7 @@ func TestEStargzMountedFromTOC(t *testing.T) {
 
 	// The same image unpacked by overlayfs: the views of the top layer agree.
 	env.Nerdctl(t, "--snapshotter=overlayfs", "pull", "--quiet", ref)
-	top := identity.ChainID(chain).String()
-	p2pRoot := mountView(ctx, t, p2p, "esgz-view-p2p", top)
-	octx := env.NamespaceContext(ctx)
-	overlayRoot := mountView(octx, t, env.ContainerdSnapshotter(t, "overlayfs"), "esgz-view-overlayfs", top,
-		snapshots.WithLabels(map[string]string{"containerd.io/gc.root": time.Now().UTC().Format(time.RFC3339)}))
-	want := walkTree(t, overlayRoot)
-	got := walkTree(t, p2pRoot)
+	got, want := views(ctx, t, env, p2p, "esgz", identity.ChainID(chain).String())
 	// An eStargz TOC keeps modification times to the second, rounded: so does the mount, as
 	// stargz-snapshotter's.
 	for _, n := range want {

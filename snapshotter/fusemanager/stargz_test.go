@@ -78,29 +78,7 @@ func TestMountStargzFromTOC(t *testing.T) {
 		t.Fatal(err)
 	}
 	served.Store(0)
-	src := seed.Source{Host: host, Repository: "fm/stargz", DiffID: digest.FromBytes(ts),
-		Blob: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob)),
-			Annotations: map[string]string{estargz.TOCJSONDigestAnnotation: toc.String()}}}
-
-	dir := t.TempDir()
-	cache, _ := blockcache.New(8<<20, blockcache.WithBlockSize(64<<10))
-	defer cache.Close()
-	client := registry.New(registry.WithInsecureRegistries(host))
-	store, err := seed.New(filepath.Join(dir, "layers"), cache, client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
-	m := NewMounter(store, WithStargz(stargzOpener{ranges: client}))
-	defer m.Close()
-
-	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	ctx := context.Background()
-	if err := m.Mount(ctx, mnt, src, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer m.Unmount(ctx, mnt)
+	mnt := mountStargzLayer(t, host, "fm/stargz", blob, toc, digest.FromBytes(ts))
 	if got, err := os.ReadFile(filepath.Join(mnt, "hello")); err != nil || string(got) != "hello, stargz\n" {
 		t.Fatalf("read through the mount: %q, %v", got, err)
 	}
@@ -152,30 +130,44 @@ func TestStargzMountShowsEveryEntryType(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	mnt := mountStargzLayer(t, host, "fm/every", blob, toc, want.DiffID)
+	layertest.CompareTree(t, mnt, want, stream.Bytes(), layertest.CompareOptions{
+		Whiteouts:    layertest.WhiteoutOverlay,
+		OpaqueXattrs: []string{"trusted.overlay.opaque"},
+	})
+}
+
+// mountStargzLayer mounts the eStargz layer blob, pushed to repository on host, from its TOC
+// with a Mounter as the daemon builds it, on a new directory it returns; the layer is
+// unmounted in cleanup.
+func mountStargzLayer(t *testing.T, host, repository string, blob []byte, toc, diffID digest.Digest) string {
+	t.Helper()
 	dir := t.TempDir()
-	cache, _ := blockcache.New(8<<20, blockcache.WithBlockSize(64<<10))
-	defer cache.Close()
+	cache, err := blockcache.New(8<<20, blockcache.WithBlockSize(64<<10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cache.Close() })
 	client := registry.New(registry.WithInsecureRegistries(host))
 	store, err := seed.New(filepath.Join(dir, "layers"), cache, client)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer store.Close()
+	t.Cleanup(func() { store.Close() })
 	m := NewMounter(store, WithStargz(stargzOpener{ranges: client}))
-	defer m.Close()
+	t.Cleanup(func() { m.Close() })
 	mnt := filepath.Join(dir, "mnt")
-	os.Mkdir(mnt, 0o755)
-	src := seed.Source{Host: host, Repository: "fm/every", DiffID: want.DiffID,
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	src := seed.Source{Host: host, Repository: repository, DiffID: diffID,
 		Blob: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(blob), Size: int64(len(blob)),
 			Annotations: map[string]string{estargz.TOCJSONDigestAnnotation: toc.String()}}}
 	if err := m.Mount(context.Background(), mnt, src, nil); err != nil {
 		t.Fatal(err)
 	}
-	defer m.Unmount(context.Background(), mnt)
-	layertest.CompareTree(t, mnt, want, stream.Bytes(), layertest.CompareOptions{
-		Whiteouts:    layertest.WhiteoutOverlay,
-		OpaqueXattrs: []string{"trusted.overlay.opaque"},
-	})
+	t.Cleanup(func() { m.Unmount(context.Background(), mnt) })
+	return mnt
 }
 
 // countingResponse counts the body bytes written.
