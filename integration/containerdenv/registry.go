@@ -42,6 +42,34 @@ type Registry struct {
 	done chan struct{}
 	// blobBytes counts the bytes of blob bodies served (GET), ranges included.
 	blobBytes atomic.Int64
+	// corrupt, if set, names a blob and the offset of a byte the registry flips whenever
+	// it sends it (CorruptBlob).
+	corrupt atomic.Pointer[corruption]
+}
+
+type corruption struct {
+	digest string
+	at     int64
+}
+
+// CorruptBlob makes the registry flip the byte at offset at of blob dgst whenever it sends
+// it, whole or in a range: a registry, or a path to it, that alters what it serves.
+func (r *Registry) CorruptBlob(dgst string, at int64) { r.corrupt.Store(&corruption{dgst, at}) }
+
+// corruptingWriter flips the byte at offset at of a blob whose body starts at offset start.
+type corruptingWriter struct {
+	http.ResponseWriter
+	pos, at int64
+}
+
+func (c *corruptingWriter) Write(p []byte) (int, error) {
+	if i := c.at - c.pos; i >= 0 && i < int64(len(p)) {
+		p = bytes.Clone(p)
+		p[i] ^= 0xff
+	}
+	n, err := c.ResponseWriter.Write(p)
+	c.pos += int64(n)
+	return n, err
 }
 
 // BlobBytesServed returns the bytes of blob content the registry has sent so far, whole
@@ -72,6 +100,11 @@ func StartRegistry(logw io.Writer) (*Registry, error) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 				w = countingWriter{ResponseWriter: w, n: &r.blobBytes}
+				if c := r.corrupt.Load(); c != nil && strings.HasSuffix(req.URL.Path, "/blobs/"+c.digest) {
+					var start int64
+					fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-", &start)
+					w = &corruptingWriter{ResponseWriter: w, pos: start, at: c.at}
+				}
 			}
 			reg.ServeHTTP(w, req)
 		}),

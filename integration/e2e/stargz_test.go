@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/containerd/stargz-snapshotter/estargz"
 	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
@@ -45,27 +47,7 @@ func TestEStargzMountedFromTOC(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := reg.Host + "/test/esgz:v1"
-	t.Run("convert", func(t *testing.T) {
-		conv := containerdenv.New(t, containerdenv.Options{})
-		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n", "http://"+reg.Host, "http://"+reg.Host)
-		if err := conv.SetHostsTOML(reg.Host, hosts); err != nil {
-			t.Fatal(err)
-		}
-		conv.Nerdctl(t, "pull", "--quiet", src.Ref)
-		conv.Nerdctl(t, "image", "convert", "--estargz", "--oci", src.Ref, ref)
-		conv.Nerdctl(t, "push", "--quiet", ref)
-	})
-	if t.Failed() {
-		return
-	}
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(r, remote.WithContext(ctx))
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := convertToEStargz(ctx, t, reg, src.Ref, ref)
 	manifest, err := img.Manifest()
 	if err != nil {
 		t.Fatal(err)
@@ -125,5 +107,114 @@ func TestEStargzMountedFromTOC(t *testing.T) {
 		t.Errorf("the p2p view differs from the overlayfs view (got p2p, want overlayfs):\n%s", strings.Join(diffs, "\n"))
 	} else {
 		t.Logf("%d paths compared: p2p and overlayfs agree", len(want))
+	}
+}
+
+// convertToEStargz makes an eStargz copy of src with `nerdctl image convert --estargz --oci`
+// in a containerd of its own, pushes it as dst, and returns it as the registry holds it.
+func convertToEStargz(ctx context.Context, t *testing.T, reg *containerdenv.Registry, src, dst string) v1.Image {
+	t.Helper()
+	t.Run("convert", func(t *testing.T) {
+		conv := containerdenv.New(t, containerdenv.Options{})
+		hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\", \"push\"]\n", "http://"+reg.Host, "http://"+reg.Host)
+		if err := conv.SetHostsTOML(reg.Host, hosts); err != nil {
+			t.Fatal(err)
+		}
+		conv.Nerdctl(t, "pull", "--quiet", src)
+		conv.Nerdctl(t, "image", "convert", "--estargz", "--oci", src, dst)
+		conv.Nerdctl(t, "push", "--quiet", dst)
+	})
+	if t.Failed() {
+		t.FailNow()
+	}
+	r, err := name.ParseReference(dst, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(r, remote.WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// TestEStargzCorruptChunkIsRefused: the registry alters a byte of the chunk that holds a
+// file of an eStargz layer. The container's read of that file fails; it never gets the
+// altered bytes, and the layer was mounted lazily (the read went through our checks).
+func TestEStargzCorruptChunkIsRefused(t *testing.T) {
+	containerdenv.RequireRoot(t)
+	reg, err := containerdenv.StartRegistry(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	bb, err := containerdenv.BusyboxLayer("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := strings.Repeat("the true content of secret.txt\n", 2048)
+	src, err := reg.PushStored(ctx, "test/esgz-corrupt-src:v1", bb, []layertest.File{{
+		Header: tar.Header{Typeflag: tar.TypeReg, Name: "data/secret.txt", Mode: 0o644},
+		Data:   []byte(secret),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/test/esgz-corrupt:v1"
+	img := convertToEStargz(ctx, t, reg, src.Ref, ref)
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	top := layers[len(layers)-1]
+	rc, err := top.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	er, err := estargz.Open(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, ok := er.Lookup("data/secret.txt")
+	if !ok {
+		t.Fatal("the eStargz layer has no data/secret.txt")
+	}
+	dgst, err := top.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A byte of the file's compressed data, past its gzip member's header: the TOC, after
+	// it, stays intact, so the layer mounts from it and the read hits the altered chunk.
+	reg.CorruptBlob(dgst.String(), e.Offset+64)
+
+	env := setupMirrorFor(t, reg, "", containerdenv.Options{}, true)
+	out, stderr, err := env.RunNerdctl(ctx, "--snapshotter=p2p", "run", "--rm", "--net", "none", ref, "cat", "/data/secret.txt")
+	if err == nil {
+		t.Fatalf("reading the altered file succeeded: printed %d bytes", len(out))
+	}
+	if out != "" && !strings.HasPrefix(secret, out) {
+		t.Fatalf("the container printed bytes that are not the file's: %.80q", out)
+	}
+	if !strings.Contains(stderr, "Input/output error") {
+		t.Errorf("the read failed, but not with EIO: %v; stderr ends %q", err, stderr[max(0, len(stderr)-200):])
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain []digest.Digest
+	for _, d := range cfg.RootFS.DiffIDs {
+		chain = append(chain, digest.Digest(d.String()))
+	}
+	info, err := env.SnapshotterClient(t).Stat(ctx, identity.ChainID(chain).String())
+	if err != nil || info.Labels[snapshotter.LabelRemote] != "p2p" {
+		t.Fatalf("the top layer was not mounted lazily (%v, labels %v): the read did not go through our checks", err, info.Labels)
 	}
 }
