@@ -109,11 +109,11 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 // stargzOpener opens eStargz and zstd:chunked layers with the registry client's
 // credentials.
 type stargzOpener struct {
-	ranges blobs.BlobRanges
+	ranges stargz.BlobRanges
 }
 
 func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	return blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
+	return stargz.OpenRemote(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
 }
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is

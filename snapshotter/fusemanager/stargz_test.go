@@ -28,18 +28,17 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
-	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
 
-// stargzOpener is the daemon's adapter from blobs.OpenStargz to StargzOpener.
+// stargzOpener is the daemon's adapter from stargz.OpenRemote to StargzOpener.
 type stargzOpener struct {
-	ranges blobs.BlobRanges
+	ranges stargz.BlobRanges
 }
 
 func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	return blobs.OpenStargz(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
+	return stargz.OpenRemote(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
 }
 
 // TestMountStargzFromTOC mounts an eStargz layer from its TOC: its files read right, and the
