@@ -114,7 +114,10 @@ func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
 	if err := tocDigest.Validate(); err != nil {
 		return nil, fmt.Errorf("open stargz layer: TOC digest: %w", err)
 	}
-	r, err := estargz.Open(io.NewSectionReader(ra, 0, size), estargz.WithDecompressors(decompressors()...))
+	// The footer and the TOC are read once: estargz reads them, and so do payloadEnd and
+	// readTOCFile after it.
+	tail := &memoReader{ra: ra}
+	r, err := estargz.Open(io.NewSectionReader(tail, 0, size), estargz.WithDecompressors(decompressors()...))
 	if err != nil {
 		return nil, fmt.Errorf("open stargz layer: %w", err)
 	}
@@ -122,10 +125,42 @@ func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open stargz layer: %w: %w", layer.ErrDigestMismatch, err)
 	}
-	tocOffset, footerOffset := payloadEnd(ra, size)
+	tocOffset, footerOffset := payloadEnd(tail, size)
 	l := &Layer{blob: ra, payload: tocOffset, r: r, verifier: v, chunks: newChunkCache(chunkCacheBytes)}
-	l.tocFile, l.tocData = readTOCFile(ra, tocOffset, footerOffset, tocDigest)
+	l.tocFile, l.tocData = readTOCFile(tail, tocOffset, footerOffset, tocDigest)
 	return l, nil
+}
+
+// memoReader remembers what it read from ra and serves a read inside an earlier one from
+// memory. Open uses it while it reads the blob's tail.
+type memoReader struct {
+	ra   io.ReaderAt
+	mu   sync.Mutex
+	done []memoRead
+}
+
+type memoRead struct {
+	off  int64
+	data []byte
+}
+
+func (m *memoReader) ReadAt(p []byte, off int64) (int, error) {
+	m.mu.Lock()
+	for _, d := range m.done {
+		if off >= d.off && off+int64(len(p)) <= d.off+int64(len(d.data)) {
+			n := copy(p, d.data[off-d.off:])
+			m.mu.Unlock()
+			return n, nil
+		}
+	}
+	m.mu.Unlock()
+	n, err := m.ra.ReadAt(p, off)
+	if n > 0 {
+		m.mu.Lock()
+		m.done = append(m.done, memoRead{off: off, data: bytes.Clone(p[:n])})
+		m.mu.Unlock()
+	}
+	return n, err
 }
 
 // Lookup returns the TOC entry of path ("" for the root), following hardlinks to the entry
