@@ -66,13 +66,21 @@ func TestLazyPullThroughMirror(t *testing.T) {
 // plain HTTP and cannot read it.
 func setupMirror(t *testing.T, opts containerdenv.Options, daemonReachesRegistry bool) (*containerdenv.Env, *containerdenv.Registry) {
 	t.Helper()
+	reg := startRegistry(t)
+	return setupMirrorFor(t, reg, "", opts, daemonReachesRegistry), reg
+}
+
+// startRegistry starts an empty registry for the test, closed in cleanup; it needs root, as
+// the environments that pull from it do.
+func startRegistry(t *testing.T) *containerdenv.Registry {
+	t.Helper()
 	containerdenv.RequireRoot(t)
 	reg, err := containerdenv.StartRegistry(io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	return setupMirrorFor(t, reg, "", opts, daemonReachesRegistry), reg
+	return reg
 }
 
 // setupMirrorFor is setupMirror for a registry the caller started, with the mirror on the

@@ -29,12 +29,7 @@ import (
 // filesystem equals the one overlayfs unpacks from the same image, but for modification
 // times, which the TOC keeps to the second.
 func TestEStargzMountedFromTOC(t *testing.T) {
-	containerdenv.RequireRoot(t)
-	reg, err := containerdenv.StartRegistry(io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
+	reg := startRegistry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	layers := equivalenceLayers(t)
@@ -142,12 +137,7 @@ func convertToEStargz(ctx context.Context, t *testing.T, reg *containerdenv.Regi
 // file of an eStargz layer. The container's read of that file fails; it never gets the
 // altered bytes, and the layer was mounted lazily (the read went through our checks).
 func TestEStargzCorruptChunkIsRefused(t *testing.T) {
-	containerdenv.RequireRoot(t)
-	reg, err := containerdenv.StartRegistry(io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
+	reg := startRegistry(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	bb, err := containerdenv.BusyboxLayer("/bin/busybox")
