@@ -118,10 +118,23 @@ func cleanName(name string) string {
 
 // header is the tar header of TOC entry e.
 func header(e *estargz.TOCEntry) (*tar.Header, error) {
-	types := map[string]byte{"dir": tar.TypeDir, "reg": tar.TypeReg, "symlink": tar.TypeSymlink, "hardlink": tar.TypeLink,
-		"char": tar.TypeChar, "block": tar.TypeBlock, "fifo": tar.TypeFifo}
-	t, ok := types[e.Type]
-	if !ok {
+	var t byte
+	switch e.Type {
+	case "dir":
+		t = tar.TypeDir
+	case "reg":
+		t = tar.TypeReg
+	case "symlink":
+		t = tar.TypeSymlink
+	case "hardlink":
+		t = tar.TypeLink
+	case "char":
+		t = tar.TypeChar
+	case "block":
+		t = tar.TypeBlock
+	case "fifo":
+		t = tar.TypeFifo
+	default:
 		return nil, fmt.Errorf("stargz layer: entry %q of type %q: %w", e.Name, e.Type, ingest.ErrMalformed)
 	}
 	name := e.Name
