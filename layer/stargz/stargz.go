@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path"
 	"sort"
 	"sync"
 
@@ -293,38 +292,31 @@ func (l *Layer) PrefetchEnd() (end int64, ok bool) {
 
 // Prefetch reads, verified, the chunks of the files before the prefetch landmark
 // (PrefetchEnd), so that they are at hand when the container reads them: as many as the
-// layer's chunk cache holds (chunkCacheBytes), in blob order.
+// layer's chunk cache holds (chunkCacheBytes), in blob order. It prefetches the files
+// Entries listed: call that first.
 func (l *Layer) Prefetch(ctx context.Context) error {
 	end, ok := l.PrefetchEnd()
 	if !ok {
 		return nil
 	}
-	root, ok := l.r.Lookup("")
-	if !ok {
-		return nil
-	}
+	l.mu.Lock()
+	extents := l.extents
+	l.mu.Unlock()
 	var chunks []*estargz.TOCEntry
-	var walk func(dir string, d *estargz.TOCEntry)
-	walk = func(dir string, d *estargz.TOCEntry) {
-		d.ForeachChild(func(base string, e *estargz.TOCEntry) bool {
-			name := path.Join(dir, base)
-			switch {
-			case e.Type == "dir":
-				walk(name, e)
-			case e.Type == "reg" && cleanName(e.Name) == name && e.Offset < end:
-				for off := int64(0); off < e.Size; {
-					ce, ok := l.r.ChunkEntryForOffset(name, off)
-					if !ok || ce.ChunkSize <= 0 {
-						break
-					}
-					chunks = append(chunks, ce)
-					off = ce.ChunkOffset + ce.ChunkSize
-				}
+	for _, x := range extents {
+		e, ok := l.r.Lookup(x.name)
+		if !ok || e.Offset >= end { // the TOC's own file, or past the landmark
+			continue
+		}
+		for off := int64(0); off < e.Size; {
+			ce, ok := l.r.ChunkEntryForOffset(x.name, off)
+			if !ok || ce.ChunkSize <= 0 {
+				break
 			}
-			return true
-		})
+			chunks = append(chunks, ce)
+			off = ce.ChunkOffset + ce.ChunkSize
+		}
 	}
-	walk("", root)
 	sort.Slice(chunks, func(i, j int) bool { return chunks[i].Offset < chunks[j].Offset })
 	var total int64
 	for _, ce := range chunks {

@@ -163,6 +163,9 @@ func TestPrefetchReadsWhatTheLandmarkMarks(t *testing.T) {
 	if !ok || end <= 0 || end > int64(len(blob))/2 {
 		t.Fatalf("prefetch end %d, %v; want a small prefix of the %d-byte blob", end, ok, len(blob))
 	}
+	if _, _, err := l.Entries(); err != nil { // as a mount does before it prefetches
+		t.Fatal(err)
+	}
 	before := cr.read
 	if err := l.Prefetch(context.Background()); err != nil {
 		t.Fatal(err)
