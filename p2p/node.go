@@ -69,8 +69,11 @@ type Node struct {
 	client   *peer.Client
 	window   int
 
+	ranges BlobRanges // reads blobs at random (Blob); nil if this node does not
+
 	mu     sync.Mutex
 	layers map[layer.TaskID]*seed.Layer // layers read from peers, one fetcher each
+	blobs  map[layer.TaskID]*blobTask   // blobs read at random (Blob)
 }
 
 // NodeOption configures a Node.
@@ -84,7 +87,7 @@ func WithWindow(n int) NodeOption { return func(nd *Node) { nd.window = max(n, 1
 // from its registry.
 func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Store, sched Scheduler, opts ...NodeOption) *Node {
 	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, client: peer.NewClient(), window: 16,
-		layers: make(map[layer.TaskID]*seed.Layer)}
+		layers: make(map[layer.TaskID]*seed.Layer), blobs: make(map[layer.TaskID]*blobTask)}
 	for _, o := range opts {
 		o(n)
 	}
@@ -420,8 +423,12 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (_ layer.Bl
 
 // SeedLayer makes this node a source of the layer src names: it reads it from its registry
 // now, unless it holds it already; peers fetch its blocks while the pass runs. A seed host
-// does this for each layer the scheduler sends it.
+// does this for each layer the scheduler sends it. For a blob read at random
+// (src.RandomAccess) the node becomes the blob's origin (see Blob) and reads nothing yet.
 func (n *Node) SeedLayer(ctx context.Context, src seed.Source) error {
+	if src.RandomAccess {
+		return n.seedBlob(ctx, src)
+	}
 	_, err := n.seed(ctx, src)
 	return err
 }

@@ -107,27 +107,45 @@ func readTOCFile(ra io.ReaderAt, tocOffset, footerOffset int64, tocDigest digest
 	return h, data
 }
 
+// Rejecter is implemented by a blob reader whose bytes may come from peers (p2p.BlobReader):
+// Reject tells it that the n bytes it gave at off failed their check, so that it drops them,
+// sets aside whoever sent them, and reads them from the blob's registry next time. Open and
+// ReadAt then read the bytes once more before they report an error.
+type Rejecter interface {
+	Reject(off, n int64)
+}
+
 // Open reads the footer and the TOC of the size-byte blob that ra reads, and checks the TOC
 // against tocDigest (see TOCDigest).
 func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
 	if err := tocDigest.Validate(); err != nil {
 		return nil, fmt.Errorf("open stargz layer: TOC digest: %w", err)
 	}
+	l, tail, err := open(ra, size, tocDigest)
+	if rj, ok := ra.(Rejecter); ok && err != nil {
+		tail.reject(rj)
+		l, _, err = open(ra, size, tocDigest)
+	}
+	return l, err
+}
+
+// open reads the footer and the TOC through a memoReader, which it returns.
+func open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, *memoReader, error) {
 	// The footer and the TOC are read once: estargz reads them, and so do payloadEnd and
 	// readTOCFile after it.
 	tail := &memoReader{ra: ra}
 	r, err := estargz.Open(io.NewSectionReader(tail, 0, size), estargz.WithDecompressors(decompressors()...))
 	if err != nil {
-		return nil, fmt.Errorf("open stargz layer: %w", err)
+		return nil, tail, fmt.Errorf("open stargz layer: %w", err)
 	}
 	v, err := r.VerifyTOC(tocDigest)
 	if err != nil {
-		return nil, fmt.Errorf("open stargz layer: %w: %w", layer.ErrDigestMismatch, err)
+		return nil, tail, fmt.Errorf("open stargz layer: %w: %w", layer.ErrDigestMismatch, err)
 	}
 	tocOffset, footerOffset := payloadEnd(tail, size)
 	l := &Layer{blob: ra, payload: tocOffset, r: r, verifier: v, chunks: newChunkCache(chunkCacheBytes)}
 	l.tocFile, l.tocData = readTOCFile(tail, tocOffset, footerOffset, tocDigest)
-	return l, nil
+	return l, tail, nil
 }
 
 // memoReader remembers what it read from ra and serves a read inside an earlier one from
@@ -160,6 +178,15 @@ func (m *memoReader) ReadAt(p []byte, off int64) (int, error) {
 		m.mu.Unlock()
 	}
 	return n, err
+}
+
+// reject rejects every range m read.
+func (m *memoReader) reject(rj Rejecter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, d := range m.done {
+		rj.Reject(d.off, int64(len(d.data)))
+	}
 }
 
 // Lookup returns the TOC entry of path ("" for the root), following hardlinks to the entry
@@ -204,21 +231,33 @@ func (l *Layer) ReadAt(path string, p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// chunk returns chunk ce uncompressed and verified, from the chunk cache or the blob.
+// chunk returns chunk ce uncompressed and verified, from the chunk cache or the blob. A
+// chunk that fails its check is read once more after a Rejecter blob dropped its bytes.
 func (l *Layer) chunk(ce *estargz.TOCEntry) ([]byte, error) {
 	return l.chunks.get(ce, func() ([]byte, error) {
-		chunk, err := l.readChunk(ce)
-		if err == nil {
-			err = l.verify(ce, chunk)
+		chunk, err := l.readVerified(ce)
+		if rj, ok := l.blob.(Rejecter); ok && errors.Is(err, layer.ErrDigestMismatch) {
+			end := min(ce.NextOffset(), l.payload)
+			rj.Reject(ce.Offset, end-ce.Offset)
+			chunk, err = l.readVerified(ce)
 		}
 		return chunk, err
 	})
 }
 
+func (l *Layer) readVerified(ce *estargz.TOCEntry) ([]byte, error) {
+	chunk, err := l.readChunk(ce)
+	if err == nil {
+		err = l.verify(ce, chunk)
+	}
+	return chunk, err
+}
+
 // readChunk reads the compressed bytes of chunk ce, exactly the range from its offset to the
 // next one in the blob (one Range request, not a read-ahead), and returns them uncompressed.
 // Each chunk is a gzip member (eStargz) or a zstd frame (zstd:chunked), which may hold the
-// chunk after others (InnerOffset).
+// chunk after others (InnerOffset). Bytes that do not decompress are, like bytes that do not
+// match their digest, an error wrapping layer.ErrDigestMismatch.
 func (l *Layer) readChunk(ce *estargz.TOCEntry) ([]byte, error) {
 	end := min(ce.NextOffset(), l.payload) // the last chunk's next offset is the blob's end
 	if ce.Offset < 0 || end <= ce.Offset || end-ce.Offset > maxCompressedChunk {
@@ -233,7 +272,7 @@ func (l *Layer) readChunk(ce *estargz.TOCEntry) ([]byte, error) {
 	case ingest.Gzip:
 		gr, err := gzip.NewReader(bytes.NewReader(compressed))
 		if err != nil {
-			return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+			return nil, fmt.Errorf("chunk at %d: %w: %w", ce.Offset, layer.ErrDigestMismatch, err)
 		}
 		defer gr.Close()
 		zr = gr
@@ -248,11 +287,11 @@ func (l *Layer) readChunk(ce *estargz.TOCEntry) ([]byte, error) {
 		return nil, fmt.Errorf("chunk at %d: neither gzip nor zstd: %w", ce.Offset, layer.ErrDigestMismatch)
 	}
 	if _, err := io.CopyN(io.Discard, zr, ce.InnerOffset); err != nil {
-		return nil, fmt.Errorf("chunk at %d: skip %d bytes: %w", ce.Offset, ce.InnerOffset, err)
+		return nil, fmt.Errorf("chunk at %d: skip %d bytes: %w: %w", ce.Offset, ce.InnerOffset, layer.ErrDigestMismatch, err)
 	}
 	chunk := make([]byte, ce.ChunkSize)
 	if _, err := io.ReadFull(zr, chunk); err != nil {
-		return nil, fmt.Errorf("chunk at %d: %w", ce.Offset, err)
+		return nil, fmt.Errorf("chunk at %d: %w: %w", ce.Offset, layer.ErrDigestMismatch, err)
 	}
 	return chunk, nil
 }

@@ -288,3 +288,100 @@ func FuzzOpen(f *testing.F) {
 		}
 	})
 }
+
+// rejectingReader serves blob with the byte at bad flipped, until a Reject covers it, if
+// heals; it records the ranges rejected.
+type rejectingReader struct {
+	blob     []byte
+	bad      int64
+	heals    bool
+	mu       sync.Mutex
+	rejected [][2]int64
+	healed   bool
+}
+
+func (r *rejectingReader) ReadAt(p []byte, off int64) (int, error) {
+	n, err := bytes.NewReader(r.blob).ReadAt(p, off)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.healed && r.bad >= off && r.bad < off+int64(n) {
+		p[r.bad-off] ^= 0x5a
+	}
+	return n, err
+}
+
+func (r *rejectingReader) Reject(off, n int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.rejected = append(r.rejected, [2]int64{off, n})
+	if r.heals && r.bad >= off && r.bad < off+n {
+		r.healed = true
+	}
+}
+
+// TestRejecterRereadsWhatFailed: a chunk or a TOC that fails its check is rejected to a
+// blob reader that can read it again elsewhere (p2p.BlobReader), and read once more; a
+// reader that serves the same bytes again gets the error.
+func TestRejecterRereadsWhatFailed(t *testing.T) {
+	files := testFiles()
+	blob, toc := buildPlain(t, files)
+	tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	intact, err := Open(bytes.NewReader(blob), int64(len(blob)), toc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ce, ok := intact.r.ChunkEntryForOffset("big.bin", 3*chunkSize)
+	if !ok {
+		t.Fatal("no chunk at 3 chunks into big.bin")
+	}
+	inChunk := ce.Offset + (min(ce.NextOffset(), tocOffset)-ce.Offset)/2
+	inTOC := tocOffset + 40
+	for _, tc := range []struct {
+		name        string
+		bad         int64
+		heals       bool
+		wantOpenErr bool
+		wantReadErr bool
+	}{
+		{"corrupt chunk, then the right bytes", inChunk, true, false, false},
+		{"corrupt chunk every time", inChunk, false, false, true},
+		{"corrupt TOC, then the right bytes", inTOC, true, false, false},
+		{"corrupt TOC every time", inTOC, false, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rr := &rejectingReader{blob: blob, bad: tc.bad, heals: tc.heals}
+			l, err := Open(rr, int64(len(blob)), toc)
+			if tc.wantOpenErr {
+				if err == nil {
+					t.Fatal("opened a layer whose TOC is corrupt every time it is read")
+				}
+				if len(rr.rejected) == 0 {
+					t.Fatal("the corrupt TOC was not rejected")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := make([]byte, chunkSize)
+			_, err = l.ReadAt("big.bin", p, 3*chunkSize)
+			if tc.wantReadErr {
+				if !errors.Is(err, layer.ErrDigestMismatch) {
+					t.Fatalf("got %v; want ErrDigestMismatch", err)
+				}
+			} else if err != nil || !bytes.Equal(p, files[0].data[3*chunkSize:4*chunkSize]) {
+				t.Fatalf("got %v or wrong bytes; want the chunk read again", err)
+			}
+			covered := false
+			for _, r := range rr.rejected {
+				covered = covered || tc.bad >= r[0] && tc.bad < r[0]+r[1]
+			}
+			if !covered {
+				t.Fatalf("rejected %v; want a range holding the corrupt byte at %d", rr.rejected, tc.bad)
+			}
+		})
+	}
+}

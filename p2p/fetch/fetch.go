@@ -69,6 +69,11 @@ type Task struct {
 	BlockSize int64
 	// Digests, if known (this node's complete record), verify blocks without asking.
 	Digests []layer.BlockDigest
+	// ReaderVerifies says the task's blocks have no digests to check them by: whoever reads
+	// them checks what they hold (an eStargz blob's chunks against its TOC) and calls Reject
+	// for a block that fails. The fetcher then asks no parent for digests. Size must be
+	// known.
+	ReaderVerifies bool
 }
 
 // Tuning bounds, overridable by options.
@@ -130,9 +135,11 @@ type Fetcher struct {
 	primary *parentState
 	// lackRefreshed is when a block that every parent lacked last asked for more parents.
 	lackRefreshed time.Time
-	digests       []layer.BlockDigest // verified digests known, a prefix of the table
-	total         int                 // blocks in the task; -1 while unknown
-	tableMu       sync.Mutex          // one digest request at a time
+	// sentBy is the parent each block came from, for Reject, when the reader verifies.
+	sentBy  map[int]*parentState
+	digests []layer.BlockDigest // verified digests known, a prefix of the table
+	total   int                 // blocks in the task; -1 while unknown
+	tableMu sync.Mutex          // one digest request at a time
 }
 
 type parentState struct {
@@ -175,11 +182,14 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 	if task.Digests != nil && len(task.Digests) != total {
 		return nil, fmt.Errorf("fetcher %s: %d digests for %d blocks", task.ID, len(task.Digests), total)
 	}
+	if task.ReaderVerifies && task.Size < 0 {
+		return nil, fmt.Errorf("fetcher %s: blocks its reader verifies need a known size", task.ID)
+	}
 	f := &Fetcher{
 		client: client, task: task, parents: src, wait: DefaultWait, now: time.Now,
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState), freed: make(chan struct{}),
 		queued:  make(map[int]lacks),
-		digests: task.Digests, total: total,
+		digests: task.Digests, total: total, sentBy: make(map[int]*parentState),
 	}
 	for _, o := range opts {
 		o(f)
@@ -202,9 +212,13 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 	if total := f.Total(); key.Task != f.task.ID || key.Index < 0 || total >= 0 && key.Index >= total {
 		return 0, fmt.Errorf("fetch %s: not a block of %s (%d blocks): %w", key, f.task.ID, total, ErrPastEnd)
 	}
-	digest, err := f.digest(ctx, key.Index)
-	if err != nil {
-		return 0, fmt.Errorf("fetch %s: %w", key, err)
+	var digest layer.BlockDigest
+	if !f.task.ReaderVerifies {
+		d, err := f.digest(ctx, key.Index)
+		if err != nil {
+			return 0, fmt.Errorf("fetch %s: %w", key, err)
+		}
+		digest = d
 	}
 	// With the size unknown, a block is at most a whole block; its digest checks its length.
 	want := f.task.BlockSize
@@ -238,13 +252,18 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 			f.landing.Arriving(f.task.ID, key.Index, true)
 		}
 		n, err := f.fetchFrom(ctx, p, key.Index, buf[:want])
-		if err == nil && layer.DigestBlock(buf[:n]) != digest {
+		if err == nil && !f.task.ReaderVerifies && layer.DigestBlock(buf[:n]) != digest {
 			err = fmt.Errorf("block %d from %s: %w", key.Index, p.Addr, layer.ErrDigestMismatch)
 			f.markBad(p)
 			f.report(key.Index, p, ReasonDigestMismatch, err)
 			log.G(ctx).WithFields(log.Fields{"task": f.task.ID, "block": key.Index, "parent": p.Addr}).Warn("parent sent a corrupt block; it is set aside for this task")
 		}
 		if err == nil {
+			if f.task.ReaderVerifies {
+				f.mu.Lock()
+				f.sentBy[key.Index] = p
+				f.mu.Unlock()
+			}
 			if f.landing != nil {
 				f.landing.Landed(f.task.ID, key.Index)
 			}
@@ -342,6 +361,23 @@ func (f *Fetcher) report(i int, p *parentState, r Reason, err error) {
 	if f.reporter != nil {
 		f.reporter.BlockFailed(f.task.ID, i, p.ID, r, err)
 	}
+}
+
+// Reject tells the fetcher that block i, which it filled for a reader that verifies (see
+// Task.ReaderVerifies), failed the reader's check: the parent that sent it is set aside for
+// the task, as one that sent a block with the wrong digest, and the reporter is told. It
+// returns the parent's address, or "" if the fetcher did not fill block i.
+func (f *Fetcher) Reject(i int, err error) string {
+	f.mu.Lock()
+	p := f.sentBy[i]
+	delete(f.sentBy, i)
+	f.mu.Unlock()
+	if p == nil {
+		return ""
+	}
+	f.markBad(p)
+	f.report(i, p, ReasonDigestMismatch, fmt.Errorf("block %d from %s: %w", i, p.Addr, err))
+	return p.Addr
 }
 
 func (f *Fetcher) markBad(p *parentState) {

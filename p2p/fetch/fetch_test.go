@@ -800,3 +800,60 @@ func corruptNode(t *testing.T, tt *testTask) *node {
 	tt.holdAll(n)
 	return n
 }
+
+// TestReaderVerifiesAndRejects: blocks of a blob whose reader checks them (an eStargz blob)
+// come from an origin that vouches for no digests; a block the reader rejects sets its
+// sender aside, and the block comes again from another parent.
+func TestReaderVerifiesAndRejects(t *testing.T) {
+	tt := newTestTask(3*blockSize + 99)
+	origin := newNode(t, "origin", nil)
+	origin.registry.OnDemand(tt.id, tt.table.Count(), blockcache.FillerFunc(func(_ context.Context, k layer.BlockKey, buf []byte) (int, error) {
+		return copy(buf, tt.block(k.Index)), nil
+	}))
+	scratch, err := blockcache.New(8<<20, blockcache.WithBlockSize(blockSize))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scratch.Close()
+	bad := newNode(t, "bad", func(r *tasks.Registry) peer.Holder { return &corruptHolder{Registry: r, scratch: scratch} })
+	bad.registry.OnDemand(tt.id, tt.table.Count(), blockcache.FillerFunc(func(_ context.Context, k layer.BlockKey, buf []byte) (int, error) {
+		return copy(buf, tt.block(k.Index)), nil
+	}))
+
+	child := newNode(t, "child", nil)
+	rep := &reporter{}
+	f, err := fetch.New(peer.NewClient(), fetch.Task{ID: tt.id, Size: int64(len(tt.data)), BlockSize: blockSize, ReaderVerifies: true},
+		parents{{ID: "bad", Addr: bad.addr, Primary: true}, {ID: "origin", Addr: origin.addr}}, fetch.WithReporter(rep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(i int) []byte {
+		b, err := child.cache.Get(t.Context(), layer.BlockKey{Task: tt.id, Index: i}, f)
+		if err != nil {
+			t.Fatalf("block %d: %v", i, err)
+		}
+		defer b.Release()
+		return bytes.Clone(b.Bytes())
+	}
+	if got := read(1); bytes.Equal(got, tt.block(1)) {
+		t.Fatal("the primary's block was intact: the test's corrupt parent did not corrupt it")
+	}
+	if got := f.Reject(1, layer.ErrDigestMismatch); got != bad.addr {
+		t.Fatalf("Reject named %q; want the corrupt parent %s", got, bad.addr)
+	}
+	if got := rep.count(fetch.ReasonDigestMismatch); got != 1 {
+		t.Errorf("reported %d corrupt blocks; want 1", got)
+	}
+	child.cache.Remove(layer.BlockKey{Task: tt.id, Index: 1})
+	for i := range tt.table.Count() {
+		if got := read(i); !bytes.Equal(got, tt.block(i)) {
+			t.Fatalf("block %d after the reject: corrupt; want it from the origin", i)
+		}
+	}
+	if got := f.Reject(1, layer.ErrDigestMismatch); got != origin.addr {
+		t.Errorf("Reject of a good block named %q; want the origin %s", got, origin.addr)
+	}
+	if got := f.Reject(1, layer.ErrDigestMismatch); got != "" {
+		t.Errorf("second Reject of the same fill named %q; want none", got)
+	}
+}

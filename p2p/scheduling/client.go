@@ -297,10 +297,11 @@ func (c *Client) register(ctx context.Context, cli schedulerv1.SchedulerClient, 
 		req.TaskSize = uint64(reg.size)
 		req.BlockCount = uint32(layer.BlockCount(reg.size, reg.blockSize))
 	}
-	if reg.src.DiffID != "" {
+	if reg.src.DiffID != "" || reg.src.RandomAccess {
 		req.Source = &schedulerv1.TaskSource{
 			Registry: reg.src.Host, Repository: reg.src.Repository, BlobDigest: reg.src.Blob.Digest.String(),
 			BlobMediaType: reg.src.Blob.MediaType, BlobSize: uint64(max(reg.src.Blob.Size, 0)), DiffId: reg.src.DiffID.String(),
+			RandomAccess: reg.src.RandomAccess,
 		}
 	}
 	return cli.RegisterPeer(ctx, req)
@@ -317,12 +318,15 @@ func parents(cs []*schedulerv1.CandidateParent) []fetch.Parent {
 }
 
 func (c *Client) taskReg(src seed.Source, blockSize int64) *taskReg {
-	task := layer.TaskIDFromDigest(src.DiffID)
+	task := src.Task()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	reg, ok := c.tasks[task]
 	if !ok {
 		reg = &taskReg{task: task, src: src, blockSize: blockSize, kick: make(chan struct{}, 1)}
+		if src.RandomAccess {
+			reg.size = src.Blob.Size // a blob's size is in its descriptor
+		}
 		c.tasks[task] = reg
 		c.wg.Add(1)
 		go c.progressLoop(reg)
@@ -682,9 +686,10 @@ func (c *Client) watch(addr string) error {
 			Host: st.GetSource().GetRegistry(), Repository: st.GetSource().GetRepository(),
 			Blob: ocispec.Descriptor{MediaType: st.GetSource().GetBlobMediaType(), Digest: digest.Digest(st.GetSource().GetBlobDigest()),
 				Size: int64(st.GetSource().GetBlobSize())},
-			DiffID: digest.Digest(st.GetSource().GetDiffId()),
+			DiffID:       digest.Digest(st.GetSource().GetDiffId()),
+			RandomAccess: st.GetSource().GetRandomAccess(),
 		}
-		if layer.TaskIDFromDigest(src.DiffID) != layer.TaskID(st.GetTaskId()) {
+		if src.Task() != layer.TaskID(st.GetTaskId()) {
 			log.G(c.ctx).WithField("task", st.GetTaskId()).Warn("seed task whose source names another layer; ignored")
 			continue
 		}

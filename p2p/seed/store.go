@@ -34,6 +34,20 @@ type Source struct {
 	Blob ocispec.Descriptor
 	// DiffID is the digest of the uncompressed stream, from the image config.
 	DiffID digest.Digest
+	// RandomAccess names the blob itself, its bytes as stored, rather than the layer's
+	// uncompressed stream: an eStargz or zstd:chunked layer, read at random with Range
+	// requests and checked chunk by chunk against its TOC. No pass reads it, and the Store
+	// does not seed it (p2p.Node.Blob reads it).
+	RandomAccess bool
+}
+
+// Task returns the task src names: the blob's (named by the blob digest) when RandomAccess,
+// otherwise the layer's stream (named by its diffID).
+func (src Source) Task() layer.TaskID {
+	if src.RandomAccess {
+		return layer.TaskIDFromDigest(src.Blob.Digest)
+	}
+	return layer.TaskIDFromDigest(src.DiffID)
 }
 
 // Observer learns of each pass as it runs, so that peers can fetch a layer's blocks while
@@ -93,6 +107,9 @@ func New(dir string, cache *blockcache.Cache, blobs BlobOpener, opts ...Option) 
 // Layer returns the layer src names: open already, from disk, or seeded now from its
 // registry. A first call for a layer this node has never seen waits for the whole pass.
 func (s *Store) Layer(ctx context.Context, src Source) (*Layer, error) {
+	if src.RandomAccess {
+		return nil, fmt.Errorf("layer %s: a blob read at random is not seeded with a pass", src.Blob.Digest)
+	}
 	if err := src.DiffID.Validate(); err != nil {
 		return nil, fmt.Errorf("layer %s: diffID: %w", src.Blob.Digest, err)
 	}

@@ -222,6 +222,22 @@ func (r *Registry) Complete(id layer.TaskID, table layer.BlockTable, refill bloc
 	t.signal()
 }
 
+// OnDemand records that this node is the origin of id, a blob read at random (an eStargz or
+// zstd:chunked layer): it holds every one of the blob's blocks blocks, reading each it has
+// not cached with fill (a Range request to the registry) when a peer asks. It vouches for no
+// digests: the blob's readers check the chunks the blocks hold against the layer's TOC.
+func (r *Registry) OnDemand(id layer.TaskID, blocks int, fill blockcache.Filler) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	t := r.taskLocked(id)
+	t.receiving, t.refill = false, fill
+	t.held = make([]bool, blocks)
+	for i := range t.held {
+		t.held[i] = true
+	}
+	t.signal()
+}
+
 // LearnDigests records digests of id's blocks from index from on, as a producer published
 // them, so that this node passes them on to its own children while the producer's pass
 // runs; total, if positive, is the task's block count, now known.

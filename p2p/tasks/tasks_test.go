@@ -47,6 +47,9 @@ func TestTableVouching(t *testing.T) {
 		{"complete task", func(r *Registry) { r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 8000, Digests: d}, nil) }, 0, 2, true},
 		{"complete task past its end", func(r *Registry) { r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 8000, Digests: d}, nil) }, 2, 0, true},
 		{"abandoned pass", func(r *Registry) { r.StartPass(id); r.Produced(id, 0, d[0]); r.Abandon(id) }, 0, -1, false},
+		{"origin of a blob vouches for nothing", func(r *Registry) {
+			r.OnDemand(id, 2, blockcache.FillerFunc(func(context.Context, layer.BlockKey, []byte) (int, error) { return 0, errors.New("unused") }))
+		}, 0, -1, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, _ := newRegistry(t)
@@ -183,4 +186,36 @@ func TestSeedServesFewCopies(t *testing.T) {
 	serve("one copy more", true)
 	r.Complete(id, layer.BlockTable{BlockSize: 4096, Size: 7, Digests: []layer.BlockDigest{d}}, nil)
 	serve("one copy more after the pass", false)
+}
+
+// TestOnDemandOrigin: the origin of a blob read at random holds every block, reads each from
+// its fill the first time a peer asks, then serves it from the cache; it has no block past
+// the blob's end.
+func TestOnDemandOrigin(t *testing.T) {
+	r, _ := newRegistry(t)
+	var fills []int
+	r.OnDemand(id, 3, blockcache.FillerFunc(func(_ context.Context, key layer.BlockKey, buf []byte) (int, error) {
+		fills = append(fills, key.Index)
+		return copy(buf, fmt.Sprintf("block %d", key.Index)), nil
+	}))
+	bits, err := r.Held(id)
+	if err != nil || len(bits) != 1 || bits[0] != 0b111 {
+		t.Fatalf("got held %08b, %v; want blocks 0-2", bits, err)
+	}
+	for _, i := range []int{2, 0, 2} {
+		b, err := r.Block(shortCtx(t), id, i)
+		if err != nil {
+			t.Fatalf("block %d: %v", i, err)
+		}
+		if got, want := string(b.Bytes()), fmt.Sprintf("block %d", i); got != want {
+			t.Errorf("block %d: got %q; want %q", i, got, want)
+		}
+		b.Release()
+	}
+	if fmt.Sprint(fills) != "[2 0]" {
+		t.Errorf("filled blocks %v; want [2 0], each once", fills)
+	}
+	if _, err := r.Block(shortCtx(t), id, 3); !errors.Is(err, peer.ErrNotHeld) {
+		t.Errorf("block past the end: got %v; want ErrNotHeld", err)
+	}
 }

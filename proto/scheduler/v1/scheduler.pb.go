@@ -575,7 +575,13 @@ type TaskSource struct {
 	BlobSize uint64 `protobuf:"varint,5,opt,name=blob_size,json=blobSize,proto3" json:"blob_size,omitempty"`
 	// Digest of the uncompressed layer (the diffID from the image config), "sha256:<hex>"; for
 	// a task named by its diffID this equals the task id.
-	DiffId        string `protobuf:"bytes,6,opt,name=diff_id,json=diffId,proto3" json:"diff_id,omitempty"`
+	DiffId string `protobuf:"bytes,6,opt,name=diff_id,json=diffId,proto3" json:"diff_id,omitempty"`
+	// The task is the blob itself, its bytes as stored (task id = blob_digest), read at random
+	// with Range requests: an eStargz or zstd:chunked layer, whose TOC gives each chunk's
+	// offset and digest. No pass reads it: a seed serves each block its children ask for by
+	// reading that range of the blob, and readers check the chunks the blocks hold. When false,
+	// the task is the layer's uncompressed stream (task id = diff_id).
+	RandomAccess  bool `protobuf:"varint,7,opt,name=random_access,json=randomAccess,proto3" json:"random_access,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -650,6 +656,13 @@ func (x *TaskSource) GetDiffId() string {
 		return x.DiffId
 	}
 	return ""
+}
+
+func (x *TaskSource) GetRandomAccess() bool {
+	if x != nil {
+		return x.RandomAccess
+	}
+	return false
 }
 
 // RegisterPeerRequest asks to take part in a task.
@@ -2077,7 +2090,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x126\n" +
 	"\x05state\x18\x02 \x01(\v2 .p2pimage.scheduler.v1.HostStateR\x05state\"G\n" +
 	"\x11KeepaliveResponse\x122\n" +
-	"\x15keepalive_interval_ms\x18\x01 \x01(\rR\x13keepaliveIntervalMs\"\xc7\x01\n" +
+	"\x15keepalive_interval_ms\x18\x01 \x01(\rR\x13keepaliveIntervalMs\"\xec\x01\n" +
 	"\n" +
 	"TaskSource\x12\x1a\n" +
 	"\bregistry\x18\x01 \x01(\tR\bregistry\x12\x1e\n" +
@@ -2088,7 +2101,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"blobDigest\x12&\n" +
 	"\x0fblob_media_type\x18\x04 \x01(\tR\rblobMediaType\x12\x1b\n" +
 	"\tblob_size\x18\x05 \x01(\x04R\bblobSize\x12\x17\n" +
-	"\adiff_id\x18\x06 \x01(\tR\x06diffId\"\xdf\x01\n" +
+	"\adiff_id\x18\x06 \x01(\tR\x06diffId\x12#\n" +
+	"\rrandom_access\x18\a \x01(\bR\frandomAccess\"\xdf\x01\n" +
 	"\x13RegisterPeerRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x1b\n" +
