@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
@@ -38,6 +39,11 @@ type blobTask struct {
 	// distrusted holds the blocks a reader rejected: they are filled from the registry from
 	// then on, never from a parent again.
 	distrusted map[int]bool
+	// parentsFailed is when parents last failed to deliver a block in time; for
+	// blobParentPause after it, blocks come from the registry.
+	parentsFailed time.Time
+	// heldAsked is when the parents were last asked which blocks they hold.
+	heldAsked time.Time
 }
 
 // Blob returns a reader of the blob src names, its bytes as stored in the registry: an
@@ -117,8 +123,8 @@ func (n *Node) blobFromParents(src seed.Source) (*blobTask, error) {
 	if bt := n.blobs[task]; bt != nil {
 		return bt, nil
 	}
-	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: src.Blob.Size, BlockSize: int64(n.cache.BlockSize()), ReaderVerifies: true}, n.sched,
-		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
+	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: src.Blob.Size, BlockSize: int64(n.cache.BlockSize()), ReaderVerifies: true}, randomAccess{n.sched},
+		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched), fetch.WithNoParentTimeout(blobParentWait))
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", src.Blob.Digest, err)
 	}
@@ -138,6 +144,69 @@ func (n *Node) seedBlob(ctx context.Context, src seed.Source) error {
 	}
 	n.blobOrigin(ctx, src)
 	return nil
+}
+
+// blobParentWait bounds how long a block of a blob waits for a usable parent that has it,
+// and blobParentBudget all its requests to parents, before it is read from the registry
+// instead: unlike a block of a layer's stream, a range of a blob is always at hand there.
+// After such a failure the blob's blocks come from the registry for blobParentPause, so that
+// a read that spans many blocks pays the budget once, not once a block, while the scheduler
+// finds new parents.
+const (
+	blobParentWait   = 2 * time.Second
+	blobParentBudget = 5 * time.Second
+	blobParentPause  = 10 * time.Second
+)
+
+// FillBlock implements blockcache.Filler on a node that is not the blob's origin: the block
+// from parents, or from the registry if none delivered it in time or a reader rejected it.
+func (bt *blobTask) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte) (int, error) {
+	bt.mu.Lock()
+	fromParents := !bt.distrusted[key.Index] && time.Since(bt.parentsFailed) >= blobParentPause
+	askHeld := fromParents && time.Since(bt.heldAsked) >= blobHeldInterval
+	if askHeld {
+		bt.heldAsked = time.Now()
+	}
+	bt.mu.Unlock()
+	if askHeld {
+		hctx, cancel := context.WithTimeout(ctx, blobHeldWait)
+		bt.fetcher.UpdateHeld(hctx)
+		cancel()
+	}
+	if fromParents {
+		pctx, cancel := context.WithTimeout(ctx, blobParentBudget)
+		n, err := bt.fetcher.FillBlock(pctx, key, buf)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return n, err
+		}
+		bt.mu.Lock()
+		bt.parentsFailed = time.Now()
+		bt.mu.Unlock()
+		log.G(ctx).WithError(err).WithFields(log.Fields{"task": bt.task, "block": key.Index, "pause": blobParentPause}).Warn("no parent delivered a blob's block; reading the blob from the registry for a while")
+	}
+	return bt.origin.FillBlock(ctx, key, buf)
+}
+
+// blobHeldInterval is how often, at most, a blob's reader asks its parents which blocks they
+// hold, waiting blobHeldWait at most: a blob is read at random, and a parent asked for a
+// block it lacks costs the read a round trip and notYetWait.
+const (
+	blobHeldInterval = time.Second
+	blobHeldWait     = 250 * time.Millisecond
+)
+
+// randomAccess passes on the scheduler's parents for a blob without the mark of a primary
+// parent: a primary is asked for every block in order, as a pipeline is fed, while a blob is
+// read at random, and a parent that holds a block is the one to ask.
+type randomAccess struct{ fetch.ParentSource }
+
+func (r randomAccess) Parents(ctx context.Context, task layer.TaskID, exclude []string) ([]fetch.Parent, error) {
+	ps, err := r.ParentSource.Parents(ctx, task, exclude)
+	for i := range ps {
+		ps[i].Primary = false
+	}
+	return ps, err
 }
 
 // originFill reads ranges and whole blocks of one blob from its registry.
@@ -257,18 +326,7 @@ func (r *BlobReader) readBlocks(p []byte, off int64) error {
 	for done := 0; done < len(p); {
 		pos := off + int64(done)
 		i := int(pos / bs)
-		key := layer.BlockKey{Task: r.bt.task, Index: i}
-		r.bt.mu.Lock()
-		var fill blockcache.Filler = r.bt.fetcher
-		if r.bt.distrusted[i] {
-			fill = r.bt.origin
-		}
-		r.bt.mu.Unlock()
-		b, err := r.node.cache.Get(r.ctx, key, fill)
-		if err != nil && fill != blockcache.Filler(r.bt.origin) && r.ctx.Err() == nil {
-			log.G(r.ctx).WithError(err).WithFields(log.Fields{"task": r.bt.task, "block": i}).Debug("no parent delivered a blob's block; reading it from the registry")
-			b, err = r.node.cache.Get(r.ctx, key, r.bt.origin)
-		}
+		b, err := r.node.cache.Get(r.ctx, layer.BlockKey{Task: r.bt.task, Index: i}, r.bt)
 		if err != nil {
 			return fmt.Errorf("blob %s: %w", r.bt.task, err)
 		}

@@ -93,27 +93,44 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 			sched = c
 		}
 	}
-	node := p2p.NewNode(cache, record, seeds, sched)
+	node := p2p.NewNode(cache, record, seeds, sched, p2p.WithBlobRanges(client))
 	nodeRef.Store(node)
 	closers = append(closers, node.Close)
 	bs := blobs.New(cache, client)
 	var mopts []fusemanager.MounterOption
 	if cfg.Lazy.Stargz {
-		mopts = append(mopts, fusemanager.WithStargz(stargzOpener{ranges: client}))
+		o := stargzOpener{ranges: client}
+		if sched != nil {
+			o.node = node
+		}
+		mopts = append(mopts, fusemanager.WithStargz(o))
 	}
 	m := fusemanager.NewMounter(node, mopts...)
 	closers = append(closers, func() error { m.Close(); return nil })
 	return &dataPlaneParts{mounter: m, blobs: bs, node: node, close: closeAll}, nil
 }
 
-// stargzOpener opens eStargz and zstd:chunked layers with the registry client's
-// credentials.
+// stargzOpener opens eStargz and zstd:chunked layers: through the P2P network when the node
+// has schedulers (the blob is a task whose blocks peers serve), otherwise straight from the
+// registry with exact Range requests, with the registry client's credentials.
 type stargzOpener struct {
 	ranges stargz.BlobRanges
+	node   *p2p.Node // nil without schedulers
 }
 
 func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	return stargz.OpenRemote(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
+	if o.node == nil {
+		return stargz.OpenRemote(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
+	}
+	blob, err := o.node.Blob(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	l, err := stargz.Open(blob, blob.Size(), toc)
+	if err != nil {
+		return nil, fmt.Errorf("stargz layer %s in %s/%s: %w", src.Blob.Digest, src.Host, src.Repository, err)
+	}
+	return l, nil
 }
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is

@@ -122,6 +122,7 @@ type Fetcher struct {
 	reporter Reporter
 	landing  Landing
 	wait     time.Duration
+	noParent time.Duration
 	now      func() time.Time
 
 	mu    sync.Mutex
@@ -167,6 +168,11 @@ func WithLanding(l Landing) Option { return func(f *Fetcher) { f.landing = l } }
 // WithWait sets how long a parent may wait for a block it is still receiving.
 func WithWait(d time.Duration) Option { return func(f *Fetcher) { f.wait = d } }
 
+// WithNoParentTimeout sets how long a block waits for a usable parent, and for one that has
+// it, before FillBlock gives up (default one minute): shorter for a task whose blocks the
+// caller can read elsewhere.
+func WithNoParentTimeout(d time.Duration) Option { return func(f *Fetcher) { f.noParent = d } }
+
 // New returns a Fetcher of task from the parents src supplies, over client.
 func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fetcher, error) {
 	if err := task.ID.Validate(); err != nil {
@@ -186,7 +192,7 @@ func New(client *peer.Client, task Task, src ParentSource, opts ...Option) (*Fet
 		return nil, fmt.Errorf("fetcher %s: blocks its reader verifies need a known size", task.ID)
 	}
 	f := &Fetcher{
-		client: client, task: task, parents: src, wait: DefaultWait, now: time.Now,
+		client: client, task: task, parents: src, wait: DefaultWait, noParent: noParentTimeout, now: time.Now,
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), known: make(map[string]*parentState), freed: make(chan struct{}),
 		queued:  make(map[int]lacks),
 		digests: task.Digests, total: total, sentBy: make(map[int]*parentState),
@@ -232,7 +238,7 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		lastErr error
 		// Parents that are busy or do not hold the block yet are not failing: such answers
 		// count against a time limit, not against maxAttempts.
-		giveUp = f.now().Add(noParentTimeout)
+		giveUp = f.now().Add(f.noParent)
 		// lacked sets aside, for this block only, the parents that did not have it.
 		lacked = make(lacks)
 	)
@@ -285,7 +291,7 @@ func (f *Fetcher) FillBlock(ctx context.Context, key layer.BlockKey, buf []byte)
 		if !errors.Is(err, peer.ErrBusy) && !errors.Is(err, peer.ErrNotFound) {
 			attempt++
 		} else if f.now().After(giveUp) {
-			return 0, fmt.Errorf("fetch %s: %w for %v: %w", key, ErrNoParent, noParentTimeout, lastErr)
+			return 0, fmt.Errorf("fetch %s: %w for %v: %w", key, ErrNoParent, f.noParent, lastErr)
 		}
 	}
 	return 0, fmt.Errorf("fetch %s: %w after %d attempts: %w", key, ErrNoParent, maxAttempts, lastErr)
@@ -448,7 +454,7 @@ func (f *Fetcher) choose(ctx context.Context, i int, lacked lacks) (*parentState
 		}
 		now := f.now()
 		if giveUp.IsZero() {
-			giveUp = now.Add(noParentTimeout)
+			giveUp = now.Add(f.noParent)
 		} else if now.After(giveUp) {
 			return nil, ErrNoParent
 		}
