@@ -43,6 +43,29 @@ func startCluster(t *testing.T, o Options, size int) (*Cluster, seed.Source) {
 // startClusterWithFiles is startCluster that also returns the layer's files.
 func startClusterWithFiles(t *testing.T, o Options, size int) (*Cluster, seed.Source, []layertest.File) {
 	t.Helper()
+	c := startEmptyCluster(t, o)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	data := make([]byte, size)
+	rand.NewChaCha8([32]byte{7}).Read(data)
+	files := []layertest.File{{Header: tar.Header{Typeflag: tar.TypeReg, Name: "data.bin", Mode: 0o644, Format: tar.FormatPAX}, Data: data}}
+	img, err := c.Registry.PushStored(ctx, "test/dist:v1", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := img.Layers[0]
+	c.Registry.ResetCounters()
+	return c, seed.Source{
+		Host: c.Registry.Addr, Repository: "test/dist",
+		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
+		DiffID: digest.Digest(l.DiffID),
+	}, files
+}
+
+// startEmptyCluster starts a cluster for t, its registry empty; the cluster and its
+// directory go at the end of the test (the directory stays if the test failed).
+func startEmptyCluster(t *testing.T, o Options) *Cluster {
+	t.Helper()
 	needRoot(t)
 	if o.Dir == "" {
 		o.Dir = filepath.Join(os.TempDir(), "p2p-cluster-"+o.Name)
@@ -68,21 +91,7 @@ func startClusterWithFiles(t *testing.T, o Options, size int) (*Cluster, seed.So
 		c.Close()
 	})
 	t.Logf("cluster of %d peers, %d seeds, %d schedulers up in %s", o.Peers, o.Seeds, len(c.Schedulers), time.Since(start).Round(time.Millisecond))
-
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{7}).Read(data)
-	files := []layertest.File{{Header: tar.Header{Typeflag: tar.TypeReg, Name: "data.bin", Mode: 0o644, Format: tar.FormatPAX}, Data: data}}
-	img, err := c.Registry.PushStored(ctx, "test/dist:v1", files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := img.Layers[0]
-	c.Registry.ResetCounters()
-	return c, seed.Source{
-		Host: c.Registry.Addr, Repository: "test/dist",
-		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
-		DiffID: digest.Digest(l.DiffID),
-	}, files
+	return c
 }
 
 // warmAll warms src on every daemon at once and returns each one's error.

@@ -27,6 +27,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -225,6 +226,19 @@ func (r *Registry) push(ctx context.Context, repoTag string, gzipLevel int, laye
 		out.Layers = append(out.Layers, ImageLayer{Digest: d.String(), DiffID: diff.String(), Size: size})
 	}
 	return out, nil
+}
+
+// PushBlob uploads blob, as it is, to repository ("REPO") of the registry: a layer built
+// by the test itself, such as an eStargz blob, that no image needs to name.
+func (r *Registry) PushBlob(ctx context.Context, repository string, blob []byte) error {
+	repo, err := name.NewRepository(r.Host+"/"+repository, name.Insecure)
+	if err != nil {
+		return err
+	}
+	if err := remote.WriteLayer(repo, static.NewLayer(blob, types.OCILayer), remote.WithContext(ctx)); err != nil {
+		return fmt.Errorf("push a blob to %s: %w", repo, err)
+	}
+	return nil
 }
 
 // applyLayerFiles updates files (path → sha256) with a layer's regular files, removing
