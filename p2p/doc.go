@@ -11,6 +11,12 @@
 // container starts after reading only what it needs. Warm fetches a whole layer, checked
 // against its diffID, after which this node vouches for it too.
 //
+// An eStargz or zstd:chunked layer is read at random instead (Blob): its blob is a task of its
+// own, named by the blob digest and cut into blocks of the bytes as stored, which carry no
+// digests. The node the scheduler makes the blob's origin reads the registry on demand; the
+// others read blocks from parents, and their reader checks each chunk against the layer's
+// TOC and rejects a block that fails, which is then read from the registry.
+//
 // The pieces, each in its own package: wire (the peer protocol), peer (block server and
 // client), tasks (what this node holds and vouches for), fetch (the downloader), stream
 // (front-to-back reads with a window), seed (one pass from the registry), blobs (registry

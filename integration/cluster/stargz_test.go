@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -13,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
+	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 )
 
@@ -77,6 +80,12 @@ func TestEStargzChunksFromPeers(t *testing.T) {
 		DiffID: diffID,
 	}
 
+	alone, err := exactRangeBytes(blob, toc, files[:2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("a node without peers reads %d bytes of exact ranges for the same files", alone)
+
 	var first int64
 	for i, d := range c.Peers {
 		dir := filepath.Join(d.Root, "esgz")
@@ -109,6 +118,33 @@ func TestEStargzChunksFromPeers(t *testing.T) {
 			t.Errorf("%s took %d bytes of the blob from the registry; want none: the ranges it read were at its parents", d.Name, served-first)
 		}
 	}
+}
+
+// exactRangeBytes returns how many bytes of blob a node without peers reads to open the
+// layer and read files: exact chunk ranges, as stargz.OpenRemote reads them.
+func exactRangeBytes(blob []byte, toc digest.Digest, files []layertest.File) (int64, error) {
+	cr := &countingReaderAt{r: bytes.NewReader(blob)}
+	l, err := stargz.Open(cr, int64(len(blob)), toc)
+	if err != nil {
+		return 0, err
+	}
+	for _, f := range files {
+		if _, err := l.ReadAt(f.Header.Name, make([]byte, len(f.Data)), 0); err != nil && !errors.Is(err, io.EOF) {
+			return 0, err
+		}
+	}
+	return cr.n.Load(), nil
+}
+
+type countingReaderAt struct {
+	r *bytes.Reader
+	n atomic.Int64
+}
+
+func (c *countingReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	c.n.Add(int64(n))
+	return n, err
 }
 
 // gunzipDigest returns the digest of the uncompressed stream of a gzip blob: a layer's

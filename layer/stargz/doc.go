@@ -9,5 +9,6 @@
 //
 // The blob itself is read through an io.ReaderAt: Range requests to the registry, or blocks
 // of the blob task from the block cache and peers, so that only the ranges a read needs are
-// fetched.
+// fetched. A reader whose bytes may come from peers is a Rejecter: bytes that fail their check
+// are rejected to it and read once more, from the registry, before the read fails.
 package stargz

@@ -20,7 +20,9 @@ type BlobRanges interface {
 // the layer asks: its footer, its TOC, and each chunk a read needs (the layer keeps the last
 // chunks it verified). Reads of the layer use ctx, so it is usable as long as ctx is. The
 // node's block cache is not used: its blocks are larger than most chunks, and at 100 Mbit/s
-// each block a read touched cost a container start as much as a whole chunk of busybox.
+// each block a read touched cost a container start as much as a whole chunk of busybox. A
+// node in a P2P cluster opens the layer with Open over p2p.Node.Blob instead, whose blocks
+// peers share.
 func OpenRemote(ctx context.Context, ranges BlobRanges, host, repository string, desc ocispec.Descriptor, toc digest.Digest) (*Layer, error) {
 	if err := desc.Digest.Validate(); err != nil {
 		return nil, fmt.Errorf("stargz layer %q: %w", desc.Digest, err)
