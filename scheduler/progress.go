@@ -134,6 +134,19 @@ func (s *Scheduler) apply(ctx context.Context, p *peer, r *schedulerv1.ProgressR
 			}
 		})
 		if parent := s.parentOf(p, nb.ParentPeerId); parent != nil {
+			var n uint64
+			for _, i := range nb.Indexes {
+				n += t.blockBytes(i)
+			}
+			if p.in == nil {
+				p.in = make(map[string]*flow)
+			}
+			f := p.in[parent.id]
+			if f == nil {
+				f = new(flow)
+				p.in[parent.id] = f
+			}
+			f.add(n, s.opts.clock.Now())
 			wasBad := s.bad(parent)
 			parent.failures = 0
 			if n := len(nb.Indexes); n > 0 && nb.FetchDurationUs > 0 {

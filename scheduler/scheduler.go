@@ -17,7 +17,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
-	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/clock"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/selection"
 )
@@ -260,55 +259,6 @@ func (s *Scheduler) Stats() Stats {
 		st.BackToSource += t.backToSource
 	}
 	return st
-}
-
-// PeerInfo is one peer of a task as Inspect shows it.
-type PeerInfo struct {
-	ID, HostID string
-	// Parents are the peer's parents in the task's topology: its tree parent, or its DAG
-	// parents.
-	Parents []string
-	// Source is true for a peer reading the task's source (a seed or back-to-source peer);
-	// Seed for the seed peer the scheduler made.
-	Source, Seed bool
-	Complete     bool
-	Directive    schedulerv1.Directive
-}
-
-// TaskInfo is a task as Inspect shows it.
-type TaskInfo struct {
-	ID   string
-	Mode Mode
-	// Peers in creation order.
-	Peers []PeerInfo
-}
-
-// Inspect returns a task's peers and topology, for tests, simulations and operators.
-func (s *Scheduler) Inspect(taskID string) (TaskInfo, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, ok := s.tasks[taskID]
-	if !ok {
-		return TaskInfo{}, fmt.Errorf("task %s: %w", taskID, errdefs.ErrNotFound)
-	}
-	ps := slices.Clone(t.peers)
-	slices.SortFunc(ps, func(a, b *peer) int { return cmp.Compare(a.seq, b.seq) })
-	info := TaskInfo{ID: t.id, Mode: t.mode}
-	for _, p := range ps {
-		pi := PeerInfo{ID: p.id, HostID: p.host.id, Source: p.source, Seed: p.seed, Complete: p.complete(), Directive: p.directive}
-		switch t.mode {
-		case ModeTree:
-			if parent, ok := t.tree.Parent(p); ok {
-				pi.Parents = []string{parent.id}
-			}
-		case ModeDAG:
-			for _, parent := range p.node.Parents() {
-				pi.Parents = append(pi.Parents, parent.Value.id)
-			}
-		}
-		info.Peers = append(info.Peers, pi)
-	}
-	return info, nil
 }
 
 var errSuperseded = errors.New("superseded by a newer stream")

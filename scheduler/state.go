@@ -89,6 +89,9 @@ type peer struct {
 	failures  int
 	durations selection.Durations
 
+	// in is what it received from each parent, by the parent's peer id (NewBlocks).
+	in map[string]*flow
+
 	session *Progress                     // its open SyncProgress stream, if any
 	pending *schedulerv1.SchedulerCommand // latest command while no stream is open
 }
@@ -96,6 +99,15 @@ type peer struct {
 // complete reports whether p holds every block: it finished, or its bitmap is full.
 func (p *peer) complete() bool {
 	return p.finished || (p.task.blockCount > 0 && p.heldCount >= int(p.task.blockCount))
+}
+
+// blockBytes returns the length of block i of t: the block size, less for the last block of
+// a task whose size is known.
+func (t *task) blockBytes(i uint32) uint64 {
+	if t.size > 0 && t.blockCount > 0 && i == t.blockCount-1 {
+		return t.size - uint64(t.blockCount-1)*uint64(t.blockSize)
+	}
+	return uint64(t.blockSize)
 }
 
 // provider reports whether p is a source of the task's data that needs no parent: it reads
