@@ -7,7 +7,8 @@
 //
 // Flags given on the command line override the file. --listen is another name of --address
 // (the TOML key address), --metrics-address (metrics_address) serves Prometheus metrics at
-// /metrics, off when empty (the default). SIGINT or SIGTERM stops it: health
+// /metrics and the status page and its JSON (package scheduler/status) at /, off when empty
+// (the default). SIGINT or SIGTERM stops it: health
 // turns NOT_SERVING, open streams end with UNAVAILABLE so peers move to another scheduler,
 // and running calls get a short grace period.
 package main
@@ -28,6 +29,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/metrics"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/status"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -95,7 +97,7 @@ func newCommand(listening listening) *cobra.Command {
 	// given both, the last wins, as for a repeated flag.
 	f.StringVar(&flags.Address, "address", scheduler.DefaultAddress, "host:port the gRPC service listens on")
 	f.StringVar(&flags.Address, "listen", scheduler.DefaultAddress, "same as --address")
-	f.StringVar(&flags.MetricsAddress, "metrics-address", "", "host:port serving Prometheus metrics at /metrics; empty: none")
+	f.StringVar(&flags.MetricsAddress, "metrics-address", "", "host:port serving Prometheus metrics at /metrics and the status page at /; empty: none")
 	f.StringVar(&flags.LogLevel, "log-level", scheduler.DefaultLogLevel, "log level: trace, debug, info, warn, error")
 	f.StringVar((*string)(&flags.Topology.Mode), "topology", string(scheduler.DefaultMode), `topology of new tasks: "dag" or "tree"`)
 	cmd.AddCommand(&cobra.Command{
@@ -140,6 +142,7 @@ func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 		}
 		maddr = mln.Addr()
 		fields["metrics"] = "http://" + maddr.String() + metrics.Path
+		fields["status"] = "http://" + maddr.String() + status.PathPage
 	}
 	log.G(ctx).WithFields(fields).Info("p2p-scheduler serving")
 	if listening != nil {
@@ -149,7 +152,9 @@ func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return server.Serve(gctx, ln, core, grace) }) // closes core
 	if mln != nil {
-		g.Go(func() error { return metrics.Serve(gctx, mln, m.Handler()) })
+		g.Go(func() error {
+			return metrics.Serve(gctx, mln, m.Handler(), metrics.Mount{Pattern: "/", Handler: status.Handler(core)})
+		})
 	}
 	return g.Wait()
 }

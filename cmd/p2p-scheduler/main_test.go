@@ -71,6 +71,12 @@ func TestServeAndStop(t *testing.T) {
 						t.Errorf("/metrics: got no %q in\n%s", want, body)
 					}
 				}
+				if body := get(t, "http://"+got.metrics.String()+"/api/v1/tasks"); strings.TrimSpace(body) != "[]" {
+					t.Errorf("/api/v1/tasks: got %q; want no task", body)
+				}
+				if body := get(t, "http://"+got.metrics.String()+"/"); !strings.Contains(body, "<title>p2p-scheduler</title>") {
+					t.Errorf("/: got %.100q; want the status page", body)
+				}
 			}
 			cancel() // as SIGTERM does
 			select {

@@ -15,12 +15,22 @@ const Path = "/metrics"
 // shutdownGrace bounds how long Serve waits for scrapes in progress when it stops.
 const shutdownGrace = 5 * time.Second
 
-// Serve serves h at Path on ln until ctx ends, then stops, letting scrapes in progress finish
-// for a few seconds. It returns once its server goroutine has ended: nil after a stop asked
-// for by ctx, the server's error otherwise. It closes ln.
-func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
+// Mount is another handler Serve serves beside the metrics, at a ServeMux pattern.
+type Mount struct {
+	Pattern string
+	Handler http.Handler
+}
+
+// Serve serves h at Path on ln, and each of also at its pattern, until ctx ends, then stops,
+// letting requests in progress finish for a few seconds. It returns once its server
+// goroutine has ended: nil after a stop asked for by ctx, the server's error otherwise. It
+// closes ln.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, also ...Mount) error {
 	mux := http.NewServeMux()
 	mux.Handle(Path, h)
+	for _, m := range also {
+		mux.Handle(m.Pattern, m.Handler)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
