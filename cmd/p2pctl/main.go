@@ -1,6 +1,6 @@
-// Command p2pctl is the operator's command line for the P2P image backend. Today it indexes
-// layers and runs the demo of the block pipeline; prefetch, get, status and tree come with
-// the P2P network and the scheduler.
+// Command p2pctl is the operator's command line for the P2P image backend: it indexes layers,
+// runs the demo of the block pipeline, writes a layer through the node's P2P network (get),
+// and shows a scheduler's hosts and tasks (status) and a task's tree or DAG (tree).
 package main
 
 import (
@@ -38,6 +38,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
-	root.AddCommand(newIndexCommand(), newDemoCommand(), newGetCommand())
+	root.AddCommand(newIndexCommand(), newDemoCommand(), newGetCommand(), newStatusCommand(), newTreeCommand())
 	return root
 }
