@@ -200,7 +200,11 @@ func printTree(w io.Writer, t status.Task) {
 		}
 		roots = append(roots, p)
 	}
-	fmt.Fprintf(w, "%s  %s, %s in %d blocks, %d/%d peers complete\n", t.ID, t.Mode, size(t.Size), t.BlockCount, complete, len(t.Peers))
+	shape := fmt.Sprintf("%s in %d blocks", size(t.Size), t.BlockCount)
+	if t.BlockCount == 0 {
+		shape = "size not known yet" // a layer its seed is still reading
+	}
+	fmt.Fprintf(w, "%s  %s, %s, %d/%d peers complete\n", t.ID, t.Mode, shape, complete, len(t.Peers))
 	host := func(id string) string {
 		if p, ok := byID[id]; ok {
 			return p.Host
@@ -209,7 +213,14 @@ func printTree(w io.Writer, t status.Task) {
 	}
 	var walk func(p status.Peer, prefix, branch string, seen map[string]bool)
 	walk = func(p status.Peer, prefix, branch string, seen map[string]bool) {
-		line := fmt.Sprintf("%s%s%s %3.0f%%, %s in", prefix, branch, label(p), 100*p.Progress, size(p.Received))
+		done := fmt.Sprintf("%3.0f%%", 100*p.Progress)
+		if t.BlockCount == 0 && !p.Complete {
+			done = fmt.Sprintf("%d blocks", p.Held)
+		}
+		line := fmt.Sprintf("%s%s%s %s, %s in", prefix, branch, label(p), done, size(p.Received))
+		if p.Source && p.Received == 0 && !p.Complete {
+			line = fmt.Sprintf("%s%s%s reads the registry", prefix, branch, label(p))
+		}
 		for i, e := range p.Parents {
 			if i == 0 {
 				line += fmt.Sprintf(", %s from %s", orDash(rate(e.Rate)), host(e.Parent))

@@ -80,7 +80,7 @@ func TestTree(t *testing.T) {
 	got := run(t, "tree", "abcdef", "--scheduler", url)
 	want := []string{
 		testTask + "  tree, 4.2 MB in 4 blocks, 1/3 peers complete",
-		"h0 (source)   0%, 0 B in",
+		"h0 (source) reads the registry",
 		"├─ h1 100%, 4.2 MB in, 839 kB/s from h0",
 		"└─ h2  50%, 2.1 MB in, 419 kB/s from h0",
 	}
