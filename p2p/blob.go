@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/p2p/fetch"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/p2p/stream"
 )
 
 // BlobRanges reads ranges of registry blobs with this node's own credentials.
@@ -92,6 +94,36 @@ func (n *Node) Blob(ctx context.Context, src seed.Source) (*BlobReader, error) {
 		}
 	}
 	return &BlobReader{ctx: ctx, node: n, bt: bt}, nil
+}
+
+// StreamBlob writes the blob src names, as stored in its registry (compressed, for most
+// layers), to w front to back in stream mode: its blocks come through the cache a window at a
+// time, from parents, or from the registry on the blob's origin, and the whole is checked
+// against the blob digest before its last block is written. Blocks from parents carry no
+// digests: if the whole does not match, the error wraps layer.ErrDigestMismatch and every
+// block of the blob is read from the registry from then on, so a second try succeeds.
+func (n *Node) StreamBlob(ctx context.Context, w io.Writer, src seed.Source) (int64, error) {
+	r, err := n.Blob(ctx, src)
+	if err != nil {
+		return 0, err
+	}
+	bt := r.bt
+	var fill blockcache.Filler = bt.origin
+	if bt.fetcher != nil {
+		fill = bt
+	}
+	written, err := stream.Copy(ctx, w, n.cache, stream.Task{ID: bt.task, Size: bt.size, Digest: src.Blob.Digest}, fill, stream.WithWindow(n.window))
+	if errors.Is(err, layer.ErrDigestMismatch) {
+		bt.mu.Lock()
+		for i := range layer.BlockCount(bt.size, int64(n.cache.BlockSize())) {
+			bt.distrusted[i] = true
+		}
+		bt.mu.Unlock()
+	}
+	if err != nil {
+		return written, fmt.Errorf("stream blob %s: %w", src.Blob.Digest, err)
+	}
+	return written, nil
 }
 
 // blobOrigin makes this node the origin of the blob src names: it serves every block,

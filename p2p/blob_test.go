@@ -316,3 +316,38 @@ func TestBlobWithoutParentsReadsTheRegistry(t *testing.T) {
 		t.Fatal("wrong bytes")
 	}
 }
+
+// TestStreamBlob: a peer streams a blob as stored, front to back, from its parents, checked
+// against the blob digest; blocks from a corrupt parent fail the whole with ErrDigestMismatch,
+// and the next try reads the blob from the registry and succeeds.
+func TestStreamBlob(t *testing.T) {
+	blob, src := testBlob(5*testBlockSize + 77)
+	origin := newTestNode(t, blob, nil, false)
+	if _, err := origin.Blob(t.Context(), src); err != nil {
+		t.Fatal(err)
+	}
+	peer := newTestNode(t, blob, newScheduler(p2p.FetchFromParents).add("origin", origin, false), false)
+	var out bytes.Buffer
+	if n, err := peer.StreamBlob(t.Context(), &out, src); err != nil || n != int64(len(blob)) || !bytes.Equal(out.Bytes(), blob) {
+		t.Fatalf("got %d bytes, %v; want the blob", n, err)
+	}
+	if got := peer.ranges.served.Load(); got != 0 {
+		t.Errorf("the peer read %d bytes from the registry; want none", got)
+	}
+
+	bad := newTestNode(t, blob, nil, true)
+	if _, err := bad.Blob(t.Context(), src); err != nil {
+		t.Fatal(err)
+	}
+	victim := newTestNode(t, blob, newScheduler(p2p.FetchFromParents).add("bad", bad, false), false)
+	if _, err := victim.StreamBlob(t.Context(), io.Discard, src); !errors.Is(err, layer.ErrDigestMismatch) {
+		t.Fatalf("from a corrupt parent: got %v; want ErrDigestMismatch", err)
+	}
+	out.Reset()
+	if _, err := victim.StreamBlob(t.Context(), &out, src); err != nil || !bytes.Equal(out.Bytes(), blob) {
+		t.Fatalf("second try: got %v; want the blob, from the registry", err)
+	}
+	if got := victim.ranges.served.Load(); got != int64(len(blob)) {
+		t.Errorf("the second try read %d bytes from the registry; want the blob, %d", got, len(blob))
+	}
+}

@@ -436,8 +436,12 @@ func (n *Node) SeedLayer(ctx context.Context, src seed.Source) error {
 // Stream writes the uncompressed stream (the tar) of the layer src names to w, front to back,
 // in stream mode: blocks come through the cache a window at a time, from peers or this
 // node's own copy, and the whole is checked against the diffID before its last block is
-// written. It returns the bytes written.
+// written. With src.RandomAccess it writes the blob as stored instead (see StreamBlob). It
+// returns the bytes written.
 func (n *Node) Stream(ctx context.Context, w io.Writer, src seed.Source) (int64, error) {
+	if src.RandomAccess {
+		return n.StreamBlob(ctx, w, src)
+	}
 	l, err := n.Layer(ctx, src)
 	if err != nil {
 		return 0, err

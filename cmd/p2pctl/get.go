@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"github.com/containerd/platforms"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -19,59 +23,49 @@ import (
 
 func newGetCommand() *cobra.Command {
 	var (
-		root, platform, hostsDir string
-		insecure                 []string
-		layerIndex               int
+		root, platform, hostsDir, output string
+		insecure                         []string
+		layerIndex                       int
+		blob                             bool
 	)
 	cmd := &cobra.Command{
-		Use:   "get IMAGE",
-		Short: "Write an image's layer (uncompressed tar) to stdout, through the node's P2P network, with no disk",
+		Use:   "get IMAGE[@N] [-o FILE|-]",
+		Short: "Write an image's layer (uncompressed tar, or the blob as stored) through the node's P2P network, with no disk",
 		Long: `get resolves IMAGE, then asks the node's daemon for the uncompressed stream of its layers and
-writes it to stdout. The daemon reads each layer in stream mode: blocks come from peers (or the
-registry, through a seed) a window at a time, and the whole stream is checked against the
-layer's diffID before its last block is written. Nothing is written to disk on this node.
+writes it to stdout, or to FILE with -o. The daemon reads each layer in stream mode: blocks come
+from peers (or the registry, through a seed) a window at a time, and the whole stream is
+checked against the layer's diffID before its last block is written. Nothing else is written
+to disk on this node.
 
-With --layer N only layer N (0 is the base) is written; otherwise every layer follows the one
-before, which "tar -xi" reads as one archive.`,
+IMAGE@N, or --layer N, writes only layer N (0 is the base); otherwise every layer follows the
+one before, which "tar -xi" reads as one archive. --blob writes the layer's blob as the
+registry stores it (gzip, zstd, eStargz...), checked against the blob digest, instead of the
+uncompressed tar: its blocks too come from peers, and one node, the blob's origin, reads the
+registry.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if term.IsTerminal(int(os.Stdout.Fd())) {
-				return errors.New("stdout is a terminal: redirect it to a file or a pipe")
+			ref := args[0]
+			if at := strings.LastIndex(ref, "@"); at > 0 {
+				if n, err := strconv.Atoi(ref[at+1:]); err == nil {
+					if cmd.Flags().Changed("layer") && n != layerIndex {
+						return fmt.Errorf("%s and --layer %d name different layers", ref, layerIndex)
+					}
+					ref, layerIndex = ref[:at], n
+				}
+			}
+			out, closeOut, err := openOutput(output)
+			if err != nil {
+				return err
 			}
 			ctx := cmd.Context()
 			var p ocispec.Platform
 			if platform != "" {
-				var err error
 				if p, err = platforms.Parse(platform); err != nil {
-					return fmt.Errorf("--platform: %w", err)
+					return errors.Join(fmt.Errorf("--platform: %w", err), closeOut(false))
 				}
 			}
-			opts := []registry.Option{registry.WithInsecureRegistries(insecure...)}
-			if hostsDir != "" {
-				opts = append(opts, registry.WithHostsDir(hostsDir))
-			}
-			img, err := registry.New(opts...).Resolve(ctx, args[0], p)
-			if err != nil {
-				return err
-			}
-			layers := img.Layers
-			if layerIndex >= 0 {
-				if layerIndex >= len(layers) {
-					return fmt.Errorf("--layer %d: %s has %d layers", layerIndex, img.Name, len(layers))
-				}
-				layers = layers[layerIndex : layerIndex+1]
-			}
-			daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
-			if err := daemon.Ping(ctx); err != nil {
-				return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
-			}
-			for _, l := range layers {
-				src := seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID}
-				if _, err := daemon.Stream(ctx, os.Stdout, src); err != nil {
-					return err
-				}
-			}
-			return nil
+			err = get(ctx, out, ref, p, root, hostsDir, insecure, layerIndex, blob)
+			return errors.Join(err, closeOut(err == nil))
 		},
 	}
 	f := cmd.Flags()
@@ -80,5 +74,60 @@ before, which "tar -xi" reads as one archive.`,
 	f.StringVar(&hostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
 	f.StringArrayVar(&insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
 	f.IntVar(&layerIndex, "layer", -1, "write only this layer (0 is the base)")
+	f.StringVarP(&output, "output", "o", "-", `write to FILE instead of stdout ("-")`)
+	f.BoolVar(&blob, "blob", false, "write the layer's blob as the registry stores it, not the uncompressed tar")
 	return cmd
+}
+
+// openOutput opens where get writes: stdout, which must not be a terminal, for "-"; else a
+// new FILE, removed again if the command fails.
+func openOutput(path string) (io.Writer, func(ok bool) error, error) {
+	if path == "-" {
+		if term.IsTerminal(int(os.Stdout.Fd())) {
+			return nil, nil, errors.New("stdout is a terminal: redirect it to a file or a pipe, or use -o FILE")
+		}
+		return os.Stdout, func(bool) error { return nil }, nil
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, nil, fmt.Errorf("-o: %w", err)
+	}
+	return f, func(ok bool) error {
+		err := f.Close()
+		if !ok || err != nil {
+			os.Remove(path)
+		}
+		return err
+	}, nil
+}
+
+// get writes layer layerIndex of ref (every layer if negative) to out through the daemon at
+// root: the uncompressed tar, or the blob as stored.
+func get(ctx context.Context, out io.Writer, ref string, p ocispec.Platform, root, hostsDir string, insecure []string, layerIndex int, blob bool) error {
+	opts := []registry.Option{registry.WithInsecureRegistries(insecure...)}
+	if hostsDir != "" {
+		opts = append(opts, registry.WithHostsDir(hostsDir))
+	}
+	img, err := registry.New(opts...).Resolve(ctx, ref, p)
+	if err != nil {
+		return err
+	}
+	layers := img.Layers
+	if layerIndex >= 0 {
+		if layerIndex >= len(layers) {
+			return fmt.Errorf("layer %d: %s has %d layers", layerIndex, img.Name, len(layers))
+		}
+		layers = layers[layerIndex : layerIndex+1]
+	}
+	daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
+	if err := daemon.Ping(ctx); err != nil {
+		return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
+	}
+	for _, l := range layers {
+		src := seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID, RandomAccess: blob}
+		if _, err := daemon.Stream(ctx, out, src); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -3,10 +3,12 @@ package cluster
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +59,47 @@ func TestGetStreamsALayerToStdout(t *testing.T) {
 	}
 	if got := c.Registry.BytesOf(src.Blob.Digest); got != src.Blob.Size {
 		t.Errorf("registry sent %d blob bytes, want one copy (%d)", got, src.Blob.Size)
+	}
+}
+
+// TestGetBlobToAFile: `p2pctl get IMAGE@0 --blob -o FILE` writes the layer's blob as the
+// registry stores it, checked against the blob digest, through the P2P network: for the
+// first peer the seed, the blob's origin, reads it from the registry once; the second peer
+// gets it from the first and the seed, the registry serving nothing more.
+func TestGetBlobToAFile(t *testing.T) {
+	c, src := startCluster(t, Options{
+		Name: "p2pdb", Subnet: netip.MustParsePrefix("10.213.16.0/24"), Peers: 2, Seeds: 1,
+		Limits: netlab.Limits{Up: 400 * netlab.Mbit, Down: 400 * netlab.Mbit}, RegistryLimits: netlab.Limits{Up: 400 * netlab.Mbit},
+		CacheSize: "64MiB", BlockSize: "1MiB",
+	}, 12<<20)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var served []int64
+	for _, d := range c.Peers {
+		path := filepath.Join(t.TempDir(), "layer.tar.gz")
+		out, err := d.Host.Command(ctx, filepath.Join(c.bin, "p2pctl"), "get", "--root", d.Root, "--insecure-registry", c.Registry.Addr,
+			"--blob", "-o", path, c.Registry.Addr+"/test/dist:v1@0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: p2pctl get --blob: %v\n%s", d.Name, err, out)
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := digest.FromBytes(data); got != src.Blob.Digest {
+			t.Fatalf("%s: wrote %d bytes with digest %s; want the blob %s", d.Name, len(data), got, src.Blob.Digest)
+		}
+		served = append(served, c.Registry.BytesOf(src.Blob.Digest))
+	}
+	if served[0] != src.Blob.Size || served[1] != served[0] {
+		t.Errorf("the registry served %d bytes of the blob after the first peer and %d after the second; want one copy, %d, both times",
+			served[0], served[1], src.Blob.Size)
+	}
+	// The layer's tar piped into tar, as an operator would.
+	d := c.Peers[1]
+	pipe := fmt.Sprintf("%s get --root %s --insecure-registry %s %s | tar -t", filepath.Join(c.bin, "p2pctl"), d.Root, c.Registry.Addr, c.Registry.Addr+"/test/dist:v1@0")
+	out, err := d.Host.Command(ctx, "bash", "-c", "set -o pipefail; "+pipe).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != "data.bin" {
+		t.Errorf("%s: got %q, %v; want tar to list data.bin", pipe, out, err)
 	}
 }
