@@ -102,7 +102,7 @@ type testNode struct {
 	scratch  *blockcache.Cache
 }
 
-func newTestNode(t *testing.T, blob []byte, sched p2p.Scheduler, corrupt bool) *testNode {
+func newTestNode(t *testing.T, blob []byte, sched p2p.Scheduler, corrupt bool, opts ...p2p.NodeOption) *testNode {
 	t.Helper()
 	cache, err := blockcache.New(16<<20, blockcache.WithBlockSize(testBlockSize))
 	if err != nil {
@@ -113,15 +113,16 @@ func newTestNode(t *testing.T, blob []byte, sched p2p.Scheduler, corrupt bool) *
 		t.Fatal(err)
 	}
 	record := tasks.New(cache)
-	seeds, err := seed.New(t.TempDir(), cache, nil, seed.WithObserver(record))
+	ranges := &memRanges{blob: blob}
+	seeds, err := seed.New(t.TempDir(), cache, ranges, seed.WithObserver(record))
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &testNode{registry: record, cache: cache, ranges: &memRanges{blob: blob}, corrupt: corrupt, scratch: scratch}
+	n := &testNode{registry: record, cache: cache, ranges: ranges, corrupt: corrupt, scratch: scratch}
 	if sched == nil {
 		sched = newScheduler(p2p.BackToSource)
 	}
-	n.Node = p2p.NewNode(cache, record, seeds, sched, p2p.WithBlobRanges(n.ranges))
+	n.Node = p2p.NewNode(cache, record, seeds, sched, append([]p2p.NodeOption{p2p.WithBlobRanges(n.ranges)}, opts...)...)
 	srv := peer.NewServer(n)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -70,6 +70,7 @@ type Node struct {
 	window   int
 
 	ranges BlobRanges // reads blobs at random (Blob); nil if this node does not
+	stargz bool       // eStargz layers are mounted from their TOC (WithStargzLayers)
 
 	mu     sync.Mutex
 	layers map[layer.TaskID]*seed.Layer // layers read from peers, one fetcher each

@@ -11,10 +11,8 @@ import (
 	"time"
 
 	"github.com/containerd/log"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
-	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
@@ -93,44 +91,21 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 			sched = c
 		}
 	}
-	node := p2p.NewNode(cache, record, seeds, sched, p2p.WithBlobRanges(client))
+	nopts := []p2p.NodeOption{p2p.WithBlobRanges(client)}
+	if cfg.Lazy.Stargz {
+		nopts = append(nopts, p2p.WithStargzLayers())
+	}
+	node := p2p.NewNode(cache, record, seeds, sched, nopts...)
 	nodeRef.Store(node)
 	closers = append(closers, node.Close)
 	bs := blobs.New(cache, client)
 	var mopts []fusemanager.MounterOption
 	if cfg.Lazy.Stargz {
-		o := stargzOpener{ranges: client}
-		if sched != nil {
-			o.node = node
-		}
-		mopts = append(mopts, fusemanager.WithStargz(o))
+		mopts = append(mopts, fusemanager.WithStargz(node))
 	}
 	m := fusemanager.NewMounter(node, mopts...)
 	closers = append(closers, func() error { m.Close(); return nil })
 	return &dataPlaneParts{mounter: m, blobs: bs, node: node, close: closeAll}, nil
-}
-
-// stargzOpener opens eStargz and zstd:chunked layers: through the P2P network when the node
-// has schedulers (the blob is a task whose blocks peers serve), otherwise straight from the
-// registry with exact Range requests, with the registry client's credentials.
-type stargzOpener struct {
-	ranges stargz.BlobRanges
-	node   *p2p.Node // nil without schedulers
-}
-
-func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	if o.node == nil {
-		return stargz.OpenRemote(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
-	}
-	blob, err := o.node.Blob(ctx, src)
-	if err != nil {
-		return nil, err
-	}
-	l, err := stargz.Open(blob, blob.Size(), toc)
-	if err != nil {
-		return nil, fmt.Errorf("stargz layer %s in %s/%s: %w", src.Blob.Digest, src.Host, src.Repository, err)
-	}
-	return l, nil
 }
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is

@@ -121,7 +121,7 @@ func TestEStargzChunksFromPeers(t *testing.T) {
 }
 
 // exactRangeBytes returns how many bytes of blob a node without peers reads to open the
-// layer and read files: exact chunk ranges, as stargz.OpenRemote reads them.
+// layer and read files: exact chunk ranges, as the blob's origin reads them.
 func exactRangeBytes(blob []byte, toc digest.Digest, files []layertest.File) (int64, error) {
 	cr := &countingReaderAt{r: bytes.NewReader(blob)}
 	l, err := stargz.Open(cr, int64(len(blob)), toc)

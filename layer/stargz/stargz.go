@@ -318,6 +318,25 @@ func (l *Layer) verify(ce *estargz.TOCEntry, chunk []byte) error {
 // chunkCacheBytes bounds the verified chunks a layer keeps: a few of estargz's default 4 MiB.
 const chunkCacheBytes = 16 << 20
 
+// BlobRanges returns the ranges of the blob, [start, end) offsets, that hold the chunks of
+// the regular file at path: what reading the whole file fetches.
+func (l *Layer) BlobRanges(path string) [][2]int64 {
+	e, ok := l.r.Lookup(path)
+	if !ok || e.Type != "reg" {
+		return nil
+	}
+	var out [][2]int64
+	for off := int64(0); off < e.Size; {
+		ce, ok := l.r.ChunkEntryForOffset(path, off)
+		if !ok || ce.ChunkSize <= 0 {
+			break
+		}
+		out = append(out, [2]int64{ce.Offset, min(ce.NextOffset(), l.payload)})
+		off = ce.ChunkOffset + ce.ChunkSize
+	}
+	return out
+}
+
 // PrefetchEnd returns where the files the image's builder marked as read at start end in the
 // blob: the offset of the prefetch landmark (.prefetch.landmark), which estargz places after
 // them; ok is false when the layer has none.

@@ -25,8 +25,8 @@ type LayerStore interface {
 	Open(task layer.TaskID) (*seed.Layer, error)
 }
 
-// StargzOpener opens eStargz and zstd:chunked layers from their TOC (stargz.OpenRemote
-// through an adapter). A layer opened reads with ctx for as long as it is mounted.
+// StargzOpener opens eStargz and zstd:chunked layers from their TOC (p2p.Node satisfies it).
+// A layer opened reads with ctx for as long as it is mounted.
 type StargzOpener interface {
 	OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error)
 }

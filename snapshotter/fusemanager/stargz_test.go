@@ -27,19 +27,11 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/layer/ingest"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
-	"github.com/p2pimage/p2p-snapshotter/layer/stargz"
+	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tasks"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 )
-
-// stargzOpener is the daemon's adapter from stargz.OpenRemote to StargzOpener.
-type stargzOpener struct {
-	ranges stargz.BlobRanges
-}
-
-func (o stargzOpener) OpenStargz(ctx context.Context, src seed.Source, toc digest.Digest) (*stargz.Layer, error) {
-	return stargz.OpenRemote(ctx, o.ranges, src.Host, src.Repository, src.Blob, toc)
-}
 
 // TestMountStargzFromTOC mounts an eStargz layer from its TOC: its files read right, and the
 // registry serves a small part of the blob, not the big file nobody read.
@@ -153,7 +145,10 @@ func mountStargzLayer(t *testing.T, host, repository string, blob []byte, toc, d
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
-	m := NewMounter(store, WithStargz(stargzOpener{ranges: client}))
+	// The daemon's opener: a node with no scheduler, the blob's origin, reads exact ranges.
+	node := p2p.NewNode(cache, tasks.New(cache), store, nil, p2p.WithBlobRanges(client), p2p.WithStargzLayers())
+	t.Cleanup(func() { node.Close() })
+	m := NewMounter(store, WithStargz(node))
 	t.Cleanup(func() { m.Close() })
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
