@@ -1,6 +1,7 @@
 // Command p2pctl is the operator's command line for the P2P image backend: it indexes layers,
-// runs the demo of the block pipeline, writes a layer through the node's P2P network (get),
-// and shows a scheduler's hosts and tasks (status) and a task's tree or DAG (tree).
+// runs the demo of the block pipeline, warms an image's blocks into the node's cache
+// (prefetch), writes a layer through the node's P2P network (get), and shows a scheduler's
+// hosts and tasks (status) and a task's tree or DAG (tree).
 package main
 
 import (
@@ -38,6 +39,6 @@ func newRootCommand() *cobra.Command {
 		},
 	}
 	root.PersistentFlags().StringVar(&logLevel, "log-level", "warn", "log level: trace, debug, info, warn, error")
-	root.AddCommand(newIndexCommand(), newDemoCommand(), newGetCommand(), newStatusCommand(), newTreeCommand())
+	root.AddCommand(newIndexCommand(), newDemoCommand(), newGetCommand(), newStatusCommand(), newTreeCommand(), newPrefetchCommand())
 	return root
 }

@@ -16,7 +16,7 @@ import (
 type progress struct {
 	w     io.Writer
 	label string
-	total int64
+	total atomic.Int64
 	n     atomic.Int64
 	start time.Time
 	stop  chan struct{}
@@ -24,7 +24,8 @@ type progress struct {
 }
 
 func newProgress(w *os.File, label string, total int64) *progress {
-	p := &progress{w: w, label: label, total: total, start: time.Now(), stop: make(chan struct{}), ended: make(chan struct{})}
+	p := &progress{w: w, label: label, start: time.Now(), stop: make(chan struct{}), ended: make(chan struct{})}
+	p.total.Store(total)
 	if !term.IsTerminal(int(w.Fd())) {
 		close(p.ended)
 		return p
@@ -34,6 +35,12 @@ func newProgress(w *os.File, label string, total int64) *progress {
 }
 
 func (p *progress) reader(r io.Reader) io.Reader { return &countingReader{r: r, n: &p.n} }
+
+// set records how far the work is: done of total bytes.
+func (p *progress) set(done, total int64) {
+	p.n.Store(done)
+	p.total.Store(total)
+}
 
 func (p *progress) run() {
 	defer close(p.ended)
@@ -51,10 +58,10 @@ func (p *progress) run() {
 }
 
 func (p *progress) draw() {
-	n := p.n.Load()
+	n, total := p.n.Load(), p.total.Load()
 	frac := 0.0
-	if p.total > 0 {
-		frac = min(1, float64(n)/float64(p.total))
+	if total > 0 {
+		frac = min(1, float64(n)/float64(total))
 	}
 	const width = 30
 	filled := int(frac * width)
@@ -67,10 +74,10 @@ func (p *progress) draw() {
 	}
 	rate := float64(n) / 1e6 / max(time.Since(p.start).Seconds(), 1e-3)
 	eta := "?"
-	if rate > 0 && p.total > 0 {
-		eta = (time.Duration(float64(p.total-n)/1e6/rate) * time.Second).Round(time.Second).String()
+	if rate > 0 && total > 0 {
+		eta = (time.Duration(float64(total-n)/1e6/rate) * time.Second).Round(time.Second).String()
 	}
-	fmt.Fprintf(p.w, "\r%s [%s] %5.1f%% %.1f/%.1f MB %.0f MB/s ETA %s\033[K", p.label, bar, frac*100, float64(n)/1e6, float64(p.total)/1e6, rate, eta)
+	fmt.Fprintf(p.w, "\r%s [%s] %5.1f%% %.1f/%.1f MB %.0f MB/s ETA %s\033[K", p.label, bar, frac*100, float64(n)/1e6, float64(total)/1e6, rate, eta)
 }
 
 func (p *progress) done() {

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,8 +42,10 @@ type Registry struct {
 	Host string
 	srv  *http.Server
 	done chan struct{}
-	// blobBytes counts the bytes of blob bodies served (GET), ranges included.
+	// blobBytes counts the bytes of blob bodies served (GET), ranges included, and byBlob
+	// the same by digest (*atomic.Int64 values).
 	blobBytes atomic.Int64
+	byBlob    sync.Map
 	// corrupt, if set, names a blob and the offset of a byte the registry flips whenever
 	// it sends it (CorruptBlob).
 	corrupt atomic.Pointer[corruption]
@@ -77,15 +80,30 @@ func (c *corruptingWriter) Write(p []byte) (int, error) {
 // blobs and ranges alike.
 func (r *Registry) BlobBytesServed() int64 { return r.blobBytes.Load() }
 
-// countingWriter counts the body bytes written through it.
+// BlobBytesOf returns the bytes of blob dgst ("sha256:…") the registry has sent so far.
+func (r *Registry) BlobBytesOf(dgst string) int64 {
+	if n, ok := r.byBlob.Load(dgst); ok {
+		return n.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// blobCounter returns the counter of the blob a request path names.
+func (r *Registry) blobCounter(path string) *atomic.Int64 {
+	n, _ := r.byBlob.LoadOrStore(path[strings.LastIndex(path, "/")+1:], new(atomic.Int64))
+	return n.(*atomic.Int64)
+}
+
+// countingWriter counts the body bytes written through it, in all and of one blob.
 type countingWriter struct {
 	http.ResponseWriter
-	n *atomic.Int64
+	n, blob *atomic.Int64
 }
 
 func (c countingWriter) Write(p []byte) (int, error) {
 	n, err := c.ResponseWriter.Write(p)
 	c.n.Add(int64(n))
+	c.blob.Add(int64(n))
 	return n, err
 }
 
@@ -100,7 +118,7 @@ func StartRegistry(logw io.Writer) (*Registry, error) {
 	r.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 			if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
-				w = countingWriter{ResponseWriter: w, n: &r.blobBytes}
+				w = countingWriter{ResponseWriter: w, n: &r.blobBytes, blob: r.blobCounter(req.URL.Path)}
 				if c := r.corrupt.Load(); c != nil && strings.HasSuffix(req.URL.Path, "/blobs/"+c.digest) {
 					var start int64
 					fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-", &start)

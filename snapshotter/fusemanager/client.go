@@ -16,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 )
@@ -54,6 +55,44 @@ func (c *Client) Prefetch(ctx context.Context, src seed.Source) error {
 // verified.
 func (c *Client) Warm(ctx context.Context, src seed.Source) error {
 	return c.call(ctx, "warm", mountRequest{Source: &src})
+}
+
+// PrefetchBlocks asks the manager to warm the blocks of the layer src names that sel
+// selects (p2p.Node.Prefetch), calling progress as they arrive, and returns when they are
+// warm or the prefetch failed.
+func (c *Client) PrefetchBlocks(ctx context.Context, src seed.Source, sel p2p.Selection, progress func(warmed, total int64)) error {
+	b, err := json.Marshal(prefetchRequest{Source: &src, Files: sel.Files, All: sel.All})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://fuse-manager/prefetch-blocks", bytes.NewReader(b))
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("prefetch %s: %w", src.Blob.Digest, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("prefetch %s: %s", src.Blob.Digest, responseError(resp))
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var pp PrefetchProgress
+		if err := dec.Decode(&pp); err != nil {
+			return fmt.Errorf("prefetch %s: the manager's answer ended early: %w", src.Blob.Digest, err)
+		}
+		if progress != nil {
+			progress(pp.Warmed, pp.Total)
+		}
+		if pp.Done {
+			if pp.Error != "" {
+				return fmt.Errorf("prefetch %s: %s", src.Blob.Digest, pp.Error)
+			}
+			return nil
+		}
+	}
 }
 
 // Unmount asks the manager to unmount the layer at dir.

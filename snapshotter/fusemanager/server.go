@@ -8,11 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 )
@@ -69,6 +72,74 @@ func WithWarmer(wm Warmer) ServeOption {
 			}
 			return wm.Warm(ctx, *req.Source)
 		}))
+	}
+}
+
+// Prefetcher warms selected blocks of a layer into the node's cache. p2p.Node satisfies it.
+type Prefetcher interface {
+	Prefetch(ctx context.Context, src seed.Source, sel p2p.Selection, progress func(done, total int64)) error
+}
+
+// prefetchRequest is the body of POST /prefetch-blocks.
+type prefetchRequest struct {
+	Source *seed.Source `json:"source"`
+	Files  []string     `json:"files,omitempty"`
+	All    bool         `json:"all,omitempty"`
+}
+
+// PrefetchProgress is one line of POST /prefetch-blocks' answer: bytes warmed of the bytes
+// asked for; the last line has Done set, and Error if the prefetch failed.
+type PrefetchProgress struct {
+	Warmed int64  `json:"warmed"`
+	Total  int64  `json:"total"`
+	Done   bool   `json:"done,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// progressInterval spaces the progress lines of a prefetch.
+const progressInterval = 200 * time.Millisecond
+
+// WithPrefetcher also serves POST /prefetch-blocks: warm the blocks of a layer a selection
+// names, answering with JSON lines of progress and a last line saying how it ended
+// (Client.PrefetchBlocks).
+func WithPrefetcher(p Prefetcher) ServeOption {
+	return func(mux *http.ServeMux) {
+		mux.HandleFunc("POST /prefetch-blocks", func(w http.ResponseWriter, r *http.Request) {
+			var req prefetchRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Source == nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %v", err))
+				return
+			}
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+			var (
+				mu   sync.Mutex
+				last time.Time
+				enc  = json.NewEncoder(w)
+			)
+			send := func(pp PrefetchProgress, force bool) {
+				mu.Lock()
+				defer mu.Unlock()
+				if !force && time.Since(last) < progressInterval {
+					return
+				}
+				last = time.Now()
+				if enc.Encode(pp) == nil {
+					http.NewResponseController(w).Flush()
+				}
+			}
+			var warmed, total atomic.Int64
+			err := p.Prefetch(r.Context(), *req.Source, p2p.Selection{Files: req.Files, All: req.All}, func(done, tot int64) {
+				warmed.Store(done)
+				total.Store(tot)
+				send(PrefetchProgress{Warmed: done, Total: tot}, false)
+			})
+			end := PrefetchProgress{Warmed: warmed.Load(), Total: total.Load(), Done: true}
+			if err != nil {
+				end.Error = err.Error()
+			}
+			send(end, true)
+		})
 	}
 }
 

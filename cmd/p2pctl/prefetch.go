@@ -1,0 +1,134 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/containerd/platforms"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/p2pimage/p2p-snapshotter/p2p"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/registry"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
+)
+
+// prefetchResult is one layer's outcome, as --json prints it.
+type prefetchResult struct {
+	Layer   int     `json:"layer"`
+	DiffID  string  `json:"diff_id"`
+	Blob    string  `json:"blob"`
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+	Error   string  `json:"error,omitempty"`
+}
+
+func newPrefetchCommand() *cobra.Command {
+	var (
+		root, platform, hostsDir string
+		insecure, files          []string
+		all, asJSON              bool
+	)
+	cmd := &cobra.Command{
+		Use:   "prefetch IMAGE",
+		Short: "Warm an image's blocks into the node's cache through the P2P network, before a container needs them",
+		Long: `prefetch resolves IMAGE and asks the node's daemon to warm blocks of each of its layers into
+its cache, block by block, through the P2P network: the daemon registers each layer with the
+scheduler, which has a seed read it from the registry once, and fetches the blocks from its
+parents; from then on the node serves them to its peers as well. A container started on the
+node after it reads those blocks from memory, and nothing from the registry.
+
+--files warms the blocks holding the files that match (path patterns as in path.Match, no
+leading slash; "dir/**" for everything under dir; repeatable); --all the whole layers. With
+neither, each layer's start set: an eStargz layer's files before its prefetch landmark (its
+TOC alone if the builder marked none), and the whole of a layer that cannot say.
+
+Each layer shows its progress (bytes, rate, ETA) on a terminal, and one line when done. The
+exit status is 0 only if everything asked for is warm.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all && len(files) > 0 {
+				return errors.New("--all and --files: choose one")
+			}
+			ctx := cmd.Context()
+			var p ocispec.Platform
+			if platform != "" {
+				var err error
+				if p, err = platforms.Parse(platform); err != nil {
+					return fmt.Errorf("--platform: %w", err)
+				}
+			}
+			opts := []registry.Option{registry.WithInsecureRegistries(insecure...)}
+			if hostsDir != "" {
+				opts = append(opts, registry.WithHostsDir(hostsDir))
+			}
+			img, err := registry.New(opts...).Resolve(ctx, args[0], p)
+			if err != nil {
+				return err
+			}
+			daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
+			if err := daemon.Ping(ctx); err != nil {
+				return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
+			}
+			sel := p2p.Selection{Files: files, All: all}
+			out := cmd.OutOrStdout()
+			var results []prefetchResult
+			failed := 0
+			for i, l := range img.Layers {
+				src := seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID}
+				var bar *progress
+				if !asJSON && term.IsTerminal(int(os.Stderr.Fd())) {
+					bar = newProgress(os.Stderr, fmt.Sprintf("layer %d %s", i, shortID(l.Descriptor.Digest.String())), 0)
+				}
+				var warmed int64
+				start := time.Now()
+				err := daemon.PrefetchBlocks(ctx, src, sel, func(done, total int64) {
+					warmed = done
+					if bar != nil {
+						bar.set(done, total)
+					}
+				})
+				if bar != nil {
+					bar.done()
+				}
+				r := prefetchResult{Layer: i, DiffID: l.DiffID.String(), Blob: l.Descriptor.Digest.String(), Bytes: warmed, Seconds: time.Since(start).Seconds()}
+				if err != nil {
+					r.Error = err.Error()
+					failed++
+				}
+				results = append(results, r)
+				if !asJSON {
+					status := fmt.Sprintf("%s warm in %.2f s (%s)", size(uint64(r.Bytes)), r.Seconds, orDash(rate(float64(r.Bytes)/max(r.Seconds, 1e-9))))
+					if err != nil {
+						status = "FAILED: " + r.Error
+					}
+					fmt.Fprintf(out, "layer %d %s  %s\n", i, shortID(r.Blob), status)
+				}
+			}
+			if asJSON {
+				if err := writeJSON(out, results); err != nil {
+					return err
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d layers not warm", failed, len(img.Layers))
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&root, "root", snapshotter.DefaultRoot, "the daemon's root directory (its data-plane socket is there)")
+	f.StringVar(&platform, "platform", "", "platform of a multi-platform image (default: this host's)")
+	f.StringVar(&hostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
+	f.StringArrayVar(&insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
+	f.StringArrayVar(&files, "files", nil, `warm the blocks of the files matching this pattern ("etc/*.conf", "usr/lib/**"); repeatable`)
+	f.BoolVar(&all, "all", false, "warm the whole layers")
+	f.BoolVar(&asJSON, "json", false, "print the outcome of each layer as JSON")
+	return cmd
+}
