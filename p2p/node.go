@@ -159,7 +159,9 @@ func (n *Node) peerLayer(task layer.TaskID, x *layer.Index) (*seed.Layer, error)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", task, err)
 	}
-	n.registry.Expect(task)
+	if _, complete := n.registry.CompleteTable(task); !complete {
+		n.registry.Expect(task)
+	}
 	if enc, err := x.Marshal(); err == nil {
 		n.registry.SetIndex(task, enc) // its children may ask this node for it
 	}
@@ -311,8 +313,10 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 	// registration's may have died since, and the scheduler names no parents for a peer
 	// that holds the whole task.
 	if x, err := n.indexFromParents(ctx, task, mergeParents(known, reg.Parents)); err == nil && slices.Equal(x.Blocks.Digests, table.Digests) {
-		if enc, err := x.Marshal(); err == nil {
-			n.registry.SetIndex(task, enc)
+		// This node serves the index, and Layer finds the layer without asking parents
+		// for it again (the scheduler names none to a peer that holds the task).
+		if _, err := n.peerLayer(task, x); err != nil {
+			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot keep a warmed layer's index")
 		}
 	} else if err == nil {
 		log.G(ctx).WithField("task", task).Warn("a parent's layer index does not match the verified layer; not serving it")

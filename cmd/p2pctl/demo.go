@@ -1,6 +1,7 @@
 package main
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"text/tabwriter"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -20,38 +23,57 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/term"
 
-	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
+	"github.com/p2pimage/p2p-snapshotter/scheduler"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/status"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
 )
 
 type demoOptions struct {
-	layerMB   int
-	cacheMB   int
-	blockSize int
+	peers        int
+	layerMB      int
+	cacheMB      int
+	blockSize    int
+	mbit         float64 // each host's upload cap
+	registryMbit float64
+	topology     string
 }
 
 func newDemoCommand() *cobra.Command {
 	var o demoOptions
 	cmd := &cobra.Command{
 		Use:   "demo",
-		Short: "Run the block pipeline end to end on a generated image, with nothing to set up",
-		Long: `Starts an in-process OCI registry on loopback, pushes a generated three-layer image to it,
-resolves the image with the registry client, streams every layer through the seed's single
-pass (decompress, cut into blocks, digest, index) into the in-memory block cache and a
-verified stream file, then reads every file of every layer back through the cache and checks
-it against the bytes it was made from.`,
+		Short: "Distribute a generated image over a local P2P cluster, with nothing to set up",
+		Long: `Starts, in this process and on loopback, an OCI registry holding a generated three-layer
+image, a scheduler, a seed and --peers peers (each a node's data plane: block cache, block
+server, scheduler client), every host's uploads capped at --rate Mbit/s and the registry's at
+--registry-rate. Every peer then fetches every layer through the P2P network, verified
+against its diffID, as a pull would. It prints each layer's tree or DAG as the scheduler saw
+it, the time beside the theoretical bound (Kumar and Ross), and the bytes that came from the
+registry and from peers, then reads every file back through one peer's cache. As root, with
+/dev/fuse, it also mounts a layer over FUSE and reads files from it.
+
+The scheduler's status page is served while it runs; its address is printed first.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runDemo(cmd.Context(), cmd.OutOrStdout(), o)
 		},
 	}
-	cmd.Flags().IntVar(&o.layerMB, "layer-size", 64, "size of the largest generated layer in MB")
-	cmd.Flags().IntVar(&o.cacheMB, "cache-size", 256, "block cache size in MiB")
-	cmd.Flags().IntVar(&o.blockSize, "block-size", layer.DefaultBlockSize, "block size in bytes")
+	f := cmd.Flags()
+	f.IntVar(&o.peers, "peers", 8, "peers besides the seed")
+	f.IntVar(&o.layerMB, "layer-size", 32, "size of the largest generated layer in MB")
+	f.IntVar(&o.cacheMB, "cache-size", 96, "block cache size of each host in MiB")
+	f.IntVar(&o.blockSize, "block-size", layer.DefaultBlockSize, "block size in bytes")
+	f.Float64Var(&o.mbit, "rate", 200, "upload cap of every host in Mbit/s")
+	f.Float64Var(&o.registryMbit, "registry-rate", 200, "upload cap of the registry in Mbit/s")
+	f.StringVar(&o.topology, "topology", string(scheduler.ModeDAG), `the scheduler's topology: "dag" or "tree"`)
 	return cmd
 }
 
@@ -63,78 +85,209 @@ type demoLayer struct {
 }
 
 func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
+	if o.peers < 1 {
+		return fmt.Errorf("--peers %d: want at least 1", o.peers)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	start := time.Now()
-	addr, stop, err := startRegistry()
+	rate, regRate := o.mbit*1e6/8, o.registryMbit*1e6/8
+	reg, err := startRegistry(regRate)
 	if err != nil {
 		return err
 	}
-	defer stop()
-	fmt.Fprintf(out, "registry   in-process OCI registry on http://%s\n", addr)
-
+	defer reg.stop()
 	layers, err := makeLayers(o.layerMB)
 	if err != nil {
 		return err
 	}
-	ref := addr + "/demo/app:v1"
+	ref := reg.addr + "/demo/app:v1"
 	if err := pushImage(ref, layers); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "image      %s: %d layers pushed\n", ref, len(layers))
-
-	client := registry.New(registry.WithInsecureRegistries(addr))
+	reg.served.Store(0)
+	client := registry.New(registry.WithInsecureRegistries(reg.addr))
 	img, err := client.Resolve(ctx, ref, ocispec.Platform{OS: "linux", Architecture: "amd64"})
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", ref, err)
 	}
-	fmt.Fprintf(out, "resolved   %s (manifest %s)\n\n", img.Name, img.Manifest.Digest)
 
-	cache, err := blockcache.New(int64(o.cacheMB)<<20, blockcache.WithBlockSize(o.blockSize))
+	sched, err := startDemoScheduler(ctx, scheduler.Mode(o.topology))
 	if err != nil {
 		return err
 	}
-	defer cache.Close()
+	defer sched.stop()
+	fmt.Fprintf(out, "registry   %s: %d layers, %s of blobs, uploads at %.0f Mbit/s\n", ref, len(img.Layers), mb(blobBytes(img)), o.registryMbit)
+	fmt.Fprintf(out, "scheduler  %s (%s); status page http://%s/\n", sched.addr, o.topology, sched.statusAddr)
+
 	dir, err := os.MkdirTemp("", "p2pctl-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	store, err := seed.New(dir, cache, progressOpener{client})
+	var nodes []*demoNode
+	defer func() {
+		for _, n := range nodes {
+			n.Close()
+		}
+	}()
+	for i := range o.peers + 1 {
+		name := fmt.Sprintf("peer%d", i)
+		if i == 0 {
+			name = "seed0"
+		}
+		n, err := startDemoNode(ctx, name, dir, sched.addr, client, i == 0, rate, int64(o.cacheMB)<<20, o.blockSize)
+		if err != nil {
+			return err
+		}
+		nodes = append(nodes, n)
+	}
+	if err := sched.waitSeeds(ctx, 1); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "hosts      a seed and %d peers on loopback, uploads at %.0f Mbit/s each\n\n", o.peers, o.mbit)
+
+	srcs := make([]seed.Source, len(img.Layers))
+	for i, l := range img.Layers {
+		srcs[i] = seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID}
+	}
+	took, err := distribute(ctx, nodes[1:], srcs)
 	if err != nil {
 		return err
 	}
-	defer store.Close()
 
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "LAYER\tBLOB\tTAR\tBLOCKS\tFILES\tPASS\tRATE")
-	seeded := make([]*seed.Layer, len(img.Layers))
-	var total int64
-	var totalTime time.Duration
-	for i, l := range img.Layers {
-		t0 := time.Now()
-		sl, err := store.Layer(ctx, seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID})
-		if err != nil {
-			return fmt.Errorf("layer %d: %w", i+1, err)
-		}
-		d := time.Since(t0)
-		x := sl.Index
-		seeded[i], total, totalTime = sl, total+x.Blocks.Size, totalTime+d
-		fmt.Fprintf(tw, "%d %s\t%s\t%s\t%d\t%d\t%s\t%.0f MB/s\n", i+1, short(l.DiffID.Encoded()), mb(l.Descriptor.Size),
-			mb(x.Blocks.Size), x.Blocks.Count(), len(x.Entries), d.Round(time.Millisecond), float64(x.Blocks.Size)/1e6/d.Seconds())
+	sc, err := newStatusClient(sched.statusAddr)
+	if err != nil {
+		return err
 	}
-	tw.Flush()
+	var stream int64
+	for i, src := range srcs {
+		t, err := sc.task(ctx, src.DiffID.String())
+		if err != nil {
+			return err
+		}
+		stream += int64(t.Size)
+		fmt.Fprintf(out, "layer %d, %s:\n", i+1, layers[i].name)
+		printTree(out, t)
+		fmt.Fprintln(out)
+	}
+	var fromPeers int64
+	for _, n := range nodes {
+		fromPeers += n.server.UploadedBytes()
+	}
+	bound := kumarRoss(float64(stream), float64(blobBytes(img)), regRate, rate, o.peers)
+	fmt.Fprintf(out, "distributed %s of layers to %d peers in %s: %.2f× the bound of %s\n", mb(stream), o.peers,
+		took.Round(time.Millisecond), took.Seconds()/bound.Seconds(), bound.Round(time.Millisecond))
+	fmt.Fprintf(out, "bytes      %s from the registry (%.2f copies of the blobs), %s between peers and seed\n",
+		mb(reg.served.Load()), float64(reg.served.Load())/float64(blobBytes(img)), mb(fromPeers))
 
+	peer := nodes[len(nodes)-1]
+	seeded := make([]*seed.Layer, len(srcs))
+	for i, src := range srcs {
+		if seeded[i], err = peer.node.Layer(ctx, src); err != nil {
+			return err
+		}
+	}
 	files, bytesRead, readTime, err := verifyFiles(ctx, seeded, layers)
 	if err != nil {
 		return err
 	}
-	s := cache.Stats()
-	fmt.Fprintf(out, "\nseed pass  %s of tar in %s: %.0f MB/s (decompress + blocks + digests + diffID + index)\n",
-		mb(total), totalTime.Round(time.Millisecond), float64(total)/1e6/totalTime.Seconds())
-	fmt.Fprintf(out, "read back  %d files, %s, through the block cache in %s: all match the layers they came from\n",
-		files, mb(bytesRead), readTime.Round(time.Millisecond))
-	fmt.Fprintf(out, "cache      %d blocks, %s held of %d MiB; %d hits, %d misses, %d evictions\n",
-		s.Blocks, mb(s.BytesHeld), o.cacheMB, s.Hits, s.Misses, s.Evictions)
+	fmt.Fprintf(out, "read back  %d files, %s, through %s's cache in %s: all match the layers they came from\n",
+		files, mb(bytesRead), peer.name, readTime.Round(time.Millisecond))
+	if err := demoFUSE(ctx, out, peer, srcs[1], layers[1], dir); err != nil {
+		return err
+	}
 	fmt.Fprintf(out, "done in %s\n", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// distribute has every peer fetch every layer, verified, at once, and returns how long it
+// took for all.
+func distribute(ctx context.Context, peers []*demoNode, srcs []seed.Source) (time.Duration, error) {
+	start := time.Now()
+	var bar *progress
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		bar = newProgress(os.Stderr, "distributing", 0)
+	}
+	var total int64
+	for _, s := range srcs {
+		total += s.Blob.Size
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	var done atomic.Int64
+	for _, p := range peers {
+		for _, src := range srcs {
+			g.Go(func() error {
+				if err := p.node.Warm(gctx, src); err != nil {
+					return fmt.Errorf("%s: layer %s: %w", p.name, src.DiffID, err)
+				}
+				if bar != nil {
+					bar.set(done.Add(1), int64(len(peers)*len(srcs)))
+				}
+				return nil
+			})
+		}
+	}
+	err := g.Wait()
+	if bar != nil {
+		bar.done()
+	}
+	return time.Since(start), err
+}
+
+// kumarRoss returns the least time in which n peers, each uploading at u bytes/s, can all
+// get stream bytes from a seed uploading at u that reads blob bytes from a registry uploading
+// at reg: max(blob/reg, stream/u, n·stream/(u + n·u)) (DESIGN-NOTES §5; downloads uncapped).
+func kumarRoss(stream, blob, reg, u float64, n int) time.Duration {
+	t := max(blob/reg, stream/u, float64(n)*stream/(u+float64(n)*u))
+	return time.Duration(t * float64(time.Second))
+}
+
+func blobBytes(img *registry.Image) int64 {
+	var n int64
+	for _, l := range img.Layers {
+		n += l.Descriptor.Size
+	}
+	return n
+}
+
+// demoFUSE mounts the layer src of node over FUSE and reads its files back, as root with
+// /dev/fuse; otherwise it says why it does not.
+func demoFUSE(ctx context.Context, out io.Writer, node *demoNode, src seed.Source, dl demoLayer, dir string) error {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(out, "fuse       skipped: mounting a layer needs root (run the demo as root to see it)")
+		return nil
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		fmt.Fprintln(out, "fuse       skipped: no /dev/fuse")
+		return nil
+	}
+	m := fusemanager.NewMounter(node.node)
+	defer m.Close()
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		return err
+	}
+	if err := m.Mount(ctx, mnt, src, nil); err != nil {
+		return fmt.Errorf("fuse: %w", err)
+	}
+	defer m.Unmount(context.WithoutCancel(ctx), mnt)
+	start := time.Now()
+	n, read := 0, int64(0)
+	for _, f := range dl.files {
+		if f.Header.Typeflag != tar.TypeReg || n >= 200 {
+			continue
+		}
+		got, err := os.ReadFile(filepath.Join(mnt, f.Header.Name))
+		if err != nil {
+			return fmt.Errorf("fuse: %w", err)
+		}
+		if !bytes.Equal(got, f.Data) {
+			return fmt.Errorf("fuse: %s read through the mount differs from the layer's", f.Header.Name)
+		}
+		n, read = n+1, read+int64(len(got))
+	}
+	fmt.Fprintf(out, "fuse       %s mounted at %s: %d files (%s) read and checked in %s\n", dl.name, mnt, n, mb(read), time.Since(start).Round(time.Millisecond))
 	return nil
 }
 
@@ -142,14 +295,101 @@ func short(s string) string { return s[:12] }
 
 func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
 
-func startRegistry() (string, func(), error) {
+// demoRegistry is the in-process registry: its address, its counter of blob bytes sent,
+// and how to stop it.
+type demoRegistry struct {
+	addr   string
+	served atomic.Int64
+	stop   func()
+}
+
+// startRegistry serves an empty registry on loopback, its uploads capped at rate bytes/s.
+func startRegistry(rate float64) (*demoRegistry, error) {
+	ln, err := listenPaced(rate)
+	if err != nil {
+		return nil, fmt.Errorf("start registry: %w", err)
+	}
+	r := &demoRegistry{addr: ln.Addr().String()}
+	inner := ggcrregistry.New(ggcrregistry.Logger(discardLogger()))
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
+			w = countingResponse{ResponseWriter: w, n: &r.served}
+		}
+		inner.ServeHTTP(w, req)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	r.stop = func() { srv.Close() }
+	return r, nil
+}
+
+type countingResponse struct {
+	http.ResponseWriter
+	n *atomic.Int64
+}
+
+func (c countingResponse) Write(p []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+// demoScheduler is a scheduler served on loopback, with its status page.
+type demoScheduler struct {
+	core             *scheduler.Scheduler
+	addr, statusAddr string
+	stop             func()
+}
+
+// waitSeeds waits until seeds seed hosts can be asked to seed (they watch the scheduler;
+// peers announce themselves with their first task), so that the first layer does not go to
+// a peer sent back to the source instead.
+func (s *demoScheduler) waitSeeds(ctx context.Context, seeds int) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := s.core.Stats()
+		if st.Seeds >= seeds {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the scheduler sees %d seed hosts after 10 s; want %d", st.Seeds, seeds)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func startDemoScheduler(ctx context.Context, mode scheduler.Mode) (*demoScheduler, error) {
+	core, err := scheduler.New(scheduler.WithTopology(mode, scheduler.DefaultFanOut))
+	if err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", nil, fmt.Errorf("start registry: %w", err)
+		core.Close()
+		return nil, err
 	}
-	srv := &http.Server{Handler: ggcrregistry.New(ggcrregistry.Logger(discardLogger())), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	return ln.Addr().String(), func() { srv.Close() }, nil
+	sln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		ln.Close()
+		core.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		_ = server.Serve(ctx, ln, core, time.Second) // closes core
+	}()
+	web := &http.Server{Handler: status.Handler(core), ReadHeaderTimeout: 10 * time.Second}
+	go web.Serve(sln)
+	return &demoScheduler{core: core, addr: ln.Addr().String(), statusAddr: sln.Addr().String(), stop: func() {
+		web.Close()
+		cancel()
+		<-served
+	}}, nil
 }
 
 func makeLayers(largestMB int) ([]demoLayer, error) {
@@ -198,29 +438,6 @@ func pushImage(ref string, layers []demoLayer) error {
 		return fmt.Errorf("push %s: %w", ref, err)
 	}
 	return nil
-}
-
-// progressOpener shows a progress bar while a blob downloads.
-type progressOpener struct{ blobs seed.BlobOpener }
-
-func (p progressOpener) OpenBlob(ctx context.Context, host, repository string, desc ocispec.Descriptor) (io.ReadCloser, error) {
-	rc, err := p.blobs.OpenBlob(ctx, host, repository, desc)
-	if err != nil {
-		return nil, err
-	}
-	bar := newProgress(os.Stderr, "seeding "+short(desc.Digest.Encoded()), desc.Size)
-	return progressReadCloser{Reader: bar.reader(rc), rc: rc, bar: bar}, nil
-}
-
-type progressReadCloser struct {
-	io.Reader
-	rc  io.Closer
-	bar *progress
-}
-
-func (p progressReadCloser) Close() error {
-	p.bar.done()
-	return p.rc.Close()
 }
 
 // verifyFiles reads every regular file of every layer through the block cache and compares it

@@ -178,8 +178,17 @@ parents follow on its line after "+".`,
 	return cmd
 }
 
+// shownParents returns the edges printTree shows for p: its parents now, or, for a peer that
+// has none any more (complete peers leave the topology), the peers it received most from.
+func shownParents(p status.Peer) []status.Edge {
+	if len(p.Parents) > 0 {
+		return p.Parents
+	}
+	return p.From
+}
+
 // printTree writes t as a text tree: the peers with no parent at the top, every other peer
-// under its first parent.
+// under its first parent (or, once complete, the peer it received most from).
 func printTree(w io.Writer, t status.Task) {
 	complete := 0
 	byID := make(map[string]status.Peer, len(t.Peers))
@@ -192,9 +201,9 @@ func printTree(w io.Writer, t status.Task) {
 	children := make(map[string][]status.Peer)
 	var roots []status.Peer
 	for _, p := range t.Peers {
-		if len(p.Parents) > 0 {
-			if _, ok := byID[p.Parents[0].Parent]; ok {
-				children[p.Parents[0].Parent] = append(children[p.Parents[0].Parent], p)
+		if ps := shownParents(p); len(ps) > 0 {
+			if _, ok := byID[ps[0].Parent]; ok {
+				children[ps[0].Parent] = append(children[ps[0].Parent], p)
 				continue
 			}
 		}
@@ -221,7 +230,7 @@ func printTree(w io.Writer, t status.Task) {
 		if p.Source && p.Received == 0 && !p.Complete {
 			line = fmt.Sprintf("%s%s%s reads the registry", prefix, branch, label(p))
 		}
-		for i, e := range p.Parents {
+		for i, e := range shownParents(p) {
 			if i == 0 {
 				line += fmt.Sprintf(", %s from %s", orDash(rate(e.Rate)), host(e.Parent))
 			} else {

@@ -1,10 +1,12 @@
 package status
 
 import (
+	"cmp"
 	"embed"
 	"encoding/json"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/containerd/errdefs"
@@ -76,7 +78,10 @@ type Peer struct {
 	Progress float64 `json:"progress"`
 	// Parents are its parents now, each with what it received from them.
 	Parents []Edge `json:"parents"`
-	// Received is what it received from all parents, now or before.
+	// From is every peer it received blocks from, its parents now or before, most bytes
+	// first: where its data came from once a complete peer has no parents any more.
+	From []Edge `json:"from"`
+	// Received is what it received from all of them.
 	Received uint64 `json:"received"`
 }
 
@@ -147,9 +152,17 @@ func taskOf(info scheduler.TaskInfo) Task {
 			f := p.In[parent]
 			jp.Parents = append(jp.Parents, Edge{Parent: parent, Bytes: f.Bytes, Rate: f.Rate})
 		}
-		for _, f := range p.In {
+		jp.From = []Edge{}
+		for parent, f := range p.In {
 			jp.Received += f.Bytes
+			jp.From = append(jp.From, Edge{Parent: parent, Bytes: f.Bytes, Rate: f.Rate})
 		}
+		slices.SortFunc(jp.From, func(a, b Edge) int {
+			if c := cmp.Compare(b.Bytes, a.Bytes); c != 0 {
+				return c
+			}
+			return cmp.Compare(a.Parent, b.Parent)
+		})
 		t.Peers = append(t.Peers, jp)
 	}
 	return t
