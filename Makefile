@@ -37,7 +37,7 @@ help:
 	@echo "build  write bin/p2p-snapshotter, bin/p2p-scheduler, bin/p2pctl"
 	@echo "test   lint, every test under the race detector (root-only ones run as root), short fuzz runs"
 	@echo "bench  Go benchmarks and the integration harnesses"
-	@echo "demo   run the main job on an embedded default, nothing to set up"
+	@echo "demo   a P2P cluster in one process (registry, scheduler, seed, 8 peers): distribute an image, nothing to set up"
 	@echo "lint   gofmt and go vet"
 	@echo "sim    the scheduler simulation: 10,000 peers, dag and tree"
 	@echo "bench-dist  distribute a 256 MiB layer to 8, 16 and 32 peers in namespaces (root; tens of minutes)"
