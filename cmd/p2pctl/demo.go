@@ -44,6 +44,21 @@ type demoOptions struct {
 	mbit         float64 // each host's upload cap
 	registryMbit float64
 	topology     string
+	json         bool
+}
+
+// demoSummary is what --json prints.
+type demoSummary struct {
+	Peers         int     `json:"peers"`
+	Topology      string  `json:"topology"`
+	LayerBytes    int64   `json:"layer_bytes"`
+	Seconds       float64 `json:"seconds"`
+	BoundSeconds  float64 `json:"bound_seconds"`
+	RegistryBytes int64   `json:"registry_bytes"`
+	BlobBytes     int64   `json:"blob_bytes"`
+	PeerBytes     int64   `json:"peer_bytes"`
+	FilesChecked  int     `json:"files_checked"`
+	FUSE          bool    `json:"fuse"`
 }
 
 func newDemoCommand() *cobra.Command {
@@ -74,6 +89,7 @@ The scheduler's status page is served while it runs; its address is printed firs
 	f.Float64Var(&o.mbit, "rate", 200, "upload cap of every host in Mbit/s")
 	f.Float64Var(&o.registryMbit, "registry-rate", 200, "upload cap of the registry in Mbit/s")
 	f.StringVar(&o.topology, "topology", string(scheduler.ModeDAG), `the scheduler's topology: "dag" or "tree"`)
+	f.BoolVar(&o.json, "json", false, "print a JSON summary instead of the report")
 	return cmd
 }
 
@@ -84,10 +100,15 @@ type demoLayer struct {
 	raw   []byte
 }
 
-func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
+func runDemo(ctx context.Context, w io.Writer, o demoOptions) error {
 	if o.peers < 1 {
 		return fmt.Errorf("--peers %d: want at least 1", o.peers)
 	}
+	out := w
+	if o.json {
+		out = io.Discard
+	}
+	sum := demoSummary{Peers: o.peers, Topology: o.topology}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -105,12 +126,12 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
 	if err := pushImage(ref, layers); err != nil {
 		return err
 	}
-	reg.served.Store(0)
 	client := registry.New(registry.WithInsecureRegistries(reg.addr))
 	img, err := client.Resolve(ctx, ref, ocispec.Platform{OS: "linux", Architecture: "amd64"})
 	if err != nil {
 		return fmt.Errorf("resolve %s: %w", ref, err)
 	}
+	reg.served.Store(0) // the push and the image's config are not the distribution
 
 	sched, err := startDemoScheduler(ctx, scheduler.Mode(o.topology))
 	if err != nil {
@@ -176,6 +197,8 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
 		fromPeers += n.server.UploadedBytes()
 	}
 	bound := kumarRoss(float64(stream), float64(blobBytes(img)), regRate, rate, o.peers)
+	sum.LayerBytes, sum.Seconds, sum.BoundSeconds = stream, took.Seconds(), bound.Seconds()
+	sum.RegistryBytes, sum.BlobBytes, sum.PeerBytes = reg.served.Load(), blobBytes(img), fromPeers
 	fmt.Fprintf(out, "distributed %s of layers to %d peers in %s: %.2f× the bound of %s\n", mb(stream), o.peers,
 		took.Round(time.Millisecond), took.Seconds()/bound.Seconds(), bound.Round(time.Millisecond))
 	fmt.Fprintf(out, "bytes      %s from the registry (%.2f copies of the blobs), %s between peers and seed\n",
@@ -194,10 +217,14 @@ func runDemo(ctx context.Context, out io.Writer, o demoOptions) error {
 	}
 	fmt.Fprintf(out, "read back  %d files, %s, through %s's cache in %s: all match the layers they came from\n",
 		files, mb(bytesRead), peer.name, readTime.Round(time.Millisecond))
-	if err := demoFUSE(ctx, out, peer, srcs[1], layers[1], dir); err != nil {
+	if sum.FUSE, err = demoFUSE(ctx, out, peer, srcs[1], layers[1], dir); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "done in %s\n", time.Since(start).Round(time.Millisecond))
+	if o.json {
+		sum.FilesChecked = files
+		return writeJSON(w, sum)
+	}
 	return nil
 }
 
@@ -252,24 +279,24 @@ func blobBytes(img *registry.Image) int64 {
 }
 
 // demoFUSE mounts the layer src of node over FUSE and reads its files back, as root with
-// /dev/fuse; otherwise it says why it does not.
-func demoFUSE(ctx context.Context, out io.Writer, node *demoNode, src seed.Source, dl demoLayer, dir string) error {
+// /dev/fuse, and reports whether it did; otherwise it says why it does not.
+func demoFUSE(ctx context.Context, out io.Writer, node *demoNode, src seed.Source, dl demoLayer, dir string) (bool, error) {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(out, "fuse       skipped: mounting a layer needs root (run the demo as root to see it)")
-		return nil
+		return false, nil
 	}
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		fmt.Fprintln(out, "fuse       skipped: no /dev/fuse")
-		return nil
+		return false, nil
 	}
 	m := fusemanager.NewMounter(node.node)
 	defer m.Close()
 	mnt := filepath.Join(dir, "mnt")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
-		return err
+		return false, err
 	}
 	if err := m.Mount(ctx, mnt, src, nil); err != nil {
-		return fmt.Errorf("fuse: %w", err)
+		return false, fmt.Errorf("fuse: %w", err)
 	}
 	defer m.Unmount(context.WithoutCancel(ctx), mnt)
 	start := time.Now()
@@ -280,15 +307,15 @@ func demoFUSE(ctx context.Context, out io.Writer, node *demoNode, src seed.Sourc
 		}
 		got, err := os.ReadFile(filepath.Join(mnt, f.Header.Name))
 		if err != nil {
-			return fmt.Errorf("fuse: %w", err)
+			return false, fmt.Errorf("fuse: %w", err)
 		}
 		if !bytes.Equal(got, f.Data) {
-			return fmt.Errorf("fuse: %s read through the mount differs from the layer's", f.Header.Name)
+			return false, fmt.Errorf("fuse: %s read through the mount differs from the layer's", f.Header.Name)
 		}
 		n, read = n+1, read+int64(len(got))
 	}
 	fmt.Fprintf(out, "fuse       %s mounted at %s: %d files (%s) read and checked in %s\n", dl.name, mnt, n, mb(read), time.Since(start).Round(time.Millisecond))
-	return nil
+	return true, nil
 }
 
 func short(s string) string { return s[:12] }

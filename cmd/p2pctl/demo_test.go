@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"regexp"
 	"strconv"
@@ -32,6 +33,14 @@ func TestDemo(t *testing.T) {
 	m := regexp.MustCompile(`: ([0-9.]+)× the bound`).FindStringSubmatch(got)
 	if ratio, _ := strconv.ParseFloat(m[1], 64); ratio < 1 {
 		t.Errorf("the demo reports %v× the bound: faster than physics allows, the bound or the clock is wrong", ratio)
+	}
+	var js bytes.Buffer
+	if err := runDemo(context.Background(), &js, demoOptions{peers: 2, layerMB: 2, cacheMB: 64, blockSize: 1 << 20, mbit: 800, registryMbit: 800, topology: "tree", json: true}); err != nil {
+		t.Fatal(err)
+	}
+	var sum demoSummary
+	if err := json.Unmarshal(js.Bytes(), &sum); err != nil || sum.Peers != 2 || sum.RegistryBytes != sum.BlobBytes || sum.FilesChecked == 0 {
+		t.Errorf("demo --json: got %+v, %v; want 2 peers, one copy of the blobs, files checked", sum, err)
 	}
 	if os.Geteuid() == 0 && !regexp.MustCompile(`fuse       application mounted at .*: [0-9]+ files .* read and checked`).MatchString(got) {
 		t.Error("as root the demo did not mount a layer over FUSE and read it")
