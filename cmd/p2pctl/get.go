@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/containerd/platforms"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -29,7 +30,7 @@ func newGetCommand() *cobra.Command {
 		blob                             bool
 	)
 	cmd := &cobra.Command{
-		Use:   "get IMAGE[@N] [-o FILE|-]",
+		Use:   "get IMAGE[@N]|TASK [-o FILE|-]",
 		Short: "Write an image's layer (uncompressed tar, or the blob as stored) through the node's P2P network, with no disk",
 		Long: `get resolves IMAGE, then asks the node's daemon for the uncompressed stream of its layers and
 writes it to stdout, or to FILE with -o. The daemon reads each layer in stream mode: blocks come
@@ -38,7 +39,9 @@ checked against the layer's diffID before its last block is written. Nothing els
 to disk on this node.
 
 IMAGE@N, or --layer N, writes only layer N (0 is the base); otherwise every layer follows the
-one before, which "tar -xi" reads as one archive. --blob writes the layer's blob as the
+one before, which "tar -xi" reads as one archive. TASK, a layer's diffID ("sha256:<hex>"),
+writes that layer with no image to resolve and no registry: from this node if it holds it,
+else from peers the scheduler names (it waits for one that holds it). --blob writes the layer's blob as the
 registry stores it (gzip, zstd, eStargz...), checked against the blob digest, instead of the
 uncompressed tar: its blocks too come from peers, and one node, the blob's origin, reads the
 registry.`,
@@ -53,11 +56,22 @@ registry.`,
 					ref, layerIndex = ref[:at], n
 				}
 			}
+			task, isTask := digest.Digest(ref), false
+			if task.Validate() == nil {
+				if blob || cmd.Flags().Changed("layer") {
+					return errors.New("a TASK is one layer's tar: --blob and --layer take an IMAGE")
+				}
+				isTask = true
+			}
 			out, closeOut, err := openOutput(output)
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
+			if isTask {
+				err := stream(ctx, out, root, []seed.Source{{DiffID: task}})
+				return errors.Join(err, closeOut(err == nil))
+			}
 			var p ocispec.Platform
 			if platform != "" {
 				if p, err = platforms.Parse(platform); err != nil {
@@ -119,12 +133,20 @@ func get(ctx context.Context, out io.Writer, ref string, p ocispec.Platform, roo
 		}
 		layers = layers[layerIndex : layerIndex+1]
 	}
+	srcs := make([]seed.Source, len(layers))
+	for i, l := range layers {
+		srcs[i] = seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID, RandomAccess: blob}
+	}
+	return stream(ctx, out, root, srcs)
+}
+
+// stream has the daemon at root write each of srcs to out, one after the other.
+func stream(ctx context.Context, out io.Writer, root string, srcs []seed.Source) error {
 	daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
 	if err := daemon.Ping(ctx); err != nil {
 		return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
 	}
-	for _, l := range layers {
-		src := seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID, RandomAccess: blob}
+	for _, src := range srcs {
 		if _, err := daemon.Stream(ctx, out, src); err != nil {
 			return err
 		}

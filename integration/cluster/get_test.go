@@ -65,7 +65,9 @@ func TestGetStreamsALayerToStdout(t *testing.T) {
 // TestGetBlobToAFile: `p2pctl get IMAGE@0 --blob -o FILE` writes the layer's blob as the
 // registry stores it, checked against the blob digest, through the P2P network: for the
 // first peer the seed, the blob's origin, reads it from the registry once; the second peer
-// gets it from the first and the seed, the registry serving nothing more.
+// gets it from the first and the seed, the registry serving nothing more. The layer's tar
+// then goes into `tar -t` on one peer, and `p2pctl get TASK` (the diffID alone) writes it on
+// the other from its peers.
 func TestGetBlobToAFile(t *testing.T) {
 	c, src := startCluster(t, Options{
 		Name: "p2pdb", Subnet: netip.MustParsePrefix("10.213.16.0/24"), Peers: 2, Seeds: 1,
@@ -101,5 +103,22 @@ func TestGetBlobToAFile(t *testing.T) {
 	out, err := d.Host.Command(ctx, "bash", "-c", "set -o pipefail; "+pipe).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != "data.bin" {
 		t.Errorf("%s: got %q, %v; want tar to list data.bin", pipe, out, err)
+	}
+
+	// The layer by its task id alone, with no image and no registry, on the other peer: from
+	// the peers that hold it.
+	before := c.Registry.BytesOf(src.Blob.Digest)
+	d = c.Peers[0]
+	h := sha256.New()
+	cmd := d.Host.Command(ctx, filepath.Join(c.bin, "p2pctl"), "get", "--root", d.Root, src.DiffID.String())
+	cmd.Stdout, cmd.Stderr = h, os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("p2pctl get TASK: %v", err)
+	}
+	if got := digest.NewDigestFromBytes(digest.SHA256, h.Sum(nil)); got != src.DiffID {
+		t.Errorf("p2pctl get TASK wrote a stream with digest %s; want the layer %s", got, src.DiffID)
+	}
+	if after := c.Registry.BytesOf(src.Blob.Digest); after != before {
+		t.Errorf("p2pctl get TASK read %d bytes from the registry; want none", after-before)
 	}
 }
