@@ -113,6 +113,7 @@ func (s *Scheduler) host(id string) (*host, error) {
 // removeHost removes h and its peers, reparenting their children at once, and ends its
 // streams with why. The caller holds mu.
 func (s *Scheduler) removeHost(ctx context.Context, h *host, why error) {
+	s.prefetchHostGone(h)
 	delete(s.hosts, h.id)
 	delete(s.seeds, h.id)
 	if h.watch != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
 
+	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/clock"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/selection"
 )
@@ -56,6 +57,7 @@ type Scheduler struct {
 	seeds    map[string]*host // seed hosts with an open WatchHost stream
 	tasks    map[string]*task
 	peers    map[string]*peer
+	prefetch prefetches
 	rng      *mrand.Rand
 	idPrefix string
 	nextSeq  uint64
@@ -83,14 +85,15 @@ func New(opts ...Option) (*Scheduler, error) {
 		rng = mrand.New(mrand.NewPCG(o.seed, o.seed^0x9e3779b97f4a7c15))
 	}
 	s := &Scheduler{
-		opts:   o,
-		filter: selection.Filter{MaxFailures: o.maxFailures},
-		eval:   selection.Evaluator{Weights: o.weights, ChildLimit: o.childLimit},
-		hosts:  make(map[string]*host),
-		seeds:  make(map[string]*host),
-		tasks:  make(map[string]*task),
-		peers:  make(map[string]*peer),
-		rng:    rng,
+		opts:     o,
+		filter:   selection.Filter{MaxFailures: o.maxFailures},
+		eval:     selection.Evaluator{Weights: o.weights, ChildLimit: o.childLimit},
+		hosts:    make(map[string]*host),
+		seeds:    make(map[string]*host),
+		tasks:    make(map[string]*task),
+		prefetch: prefetches{byTask: make(map[string]map[string]*schedulerv1.HostPrefetch)},
+		peers:    make(map[string]*peer),
+		rng:      rng,
 		// Peer ids differ across restarts, so an id a peer kept from a dead scheduler is
 		// NOT_FOUND here rather than someone else's.
 		idPrefix: hex.EncodeToString(seed[:4]),

@@ -117,6 +117,24 @@ func (s *Server) LeaveTask(ctx context.Context, req *schedulerv1.LeaveTaskReques
 	return resp, toStatus(err)
 }
 
+// PrefetchTask implements the RPC.
+func (s *Server) PrefetchTask(ctx context.Context, req *schedulerv1.PrefetchTaskRequest) (*schedulerv1.PrefetchTaskResponse, error) {
+	resp, err := s.core.PrefetchTask(ctx, req)
+	return resp, toStatus(err)
+}
+
+// ReportPrefetch implements the RPC.
+func (s *Server) ReportPrefetch(ctx context.Context, req *schedulerv1.ReportPrefetchRequest) (*schedulerv1.ReportPrefetchResponse, error) {
+	resp, err := s.core.ReportPrefetch(ctx, req)
+	return resp, toStatus(err)
+}
+
+// GetPrefetch implements the RPC.
+func (s *Server) GetPrefetch(ctx context.Context, req *schedulerv1.GetPrefetchRequest) (*schedulerv1.GetPrefetchResponse, error) {
+	resp, err := s.core.GetPrefetch(ctx, req)
+	return resp, toStatus(err)
+}
+
 // LeaveHost implements the RPC.
 func (s *Server) LeaveHost(ctx context.Context, req *schedulerv1.LeaveHostRequest) (*schedulerv1.LeaveHostResponse, error) {
 	resp, err := s.core.LeaveHost(ctx, req)

@@ -201,6 +201,62 @@ func (FailureReason) EnumDescriptor() ([]byte, []int) {
 	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{2}
 }
 
+// PrefetchState is where a host asked to warm a task stands.
+type PrefetchState int32
+
+const (
+	PrefetchState_PREFETCH_STATE_UNSPECIFIED PrefetchState = 0
+	// Sent the WarmTask; no report yet.
+	PrefetchState_PREFETCH_STATE_ASKED PrefetchState = 1
+	// Warmed what it was asked.
+	PrefetchState_PREFETCH_STATE_DONE PrefetchState = 2
+	// Could not (message says why), or left before it reported.
+	PrefetchState_PREFETCH_STATE_FAILED PrefetchState = 3
+)
+
+// Enum value maps for PrefetchState.
+var (
+	PrefetchState_name = map[int32]string{
+		0: "PREFETCH_STATE_UNSPECIFIED",
+		1: "PREFETCH_STATE_ASKED",
+		2: "PREFETCH_STATE_DONE",
+		3: "PREFETCH_STATE_FAILED",
+	}
+	PrefetchState_value = map[string]int32{
+		"PREFETCH_STATE_UNSPECIFIED": 0,
+		"PREFETCH_STATE_ASKED":       1,
+		"PREFETCH_STATE_DONE":        2,
+		"PREFETCH_STATE_FAILED":      3,
+	}
+)
+
+func (x PrefetchState) Enum() *PrefetchState {
+	p := new(PrefetchState)
+	*p = x
+	return p
+}
+
+func (x PrefetchState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PrefetchState) Descriptor() protoreflect.EnumDescriptor {
+	return file_scheduler_v1_scheduler_proto_enumTypes[3].Descriptor()
+}
+
+func (PrefetchState) Type() protoreflect.EnumType {
+	return &file_scheduler_v1_scheduler_proto_enumTypes[3]
+}
+
+func (x PrefetchState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PrefetchState.Descriptor instead.
+func (PrefetchState) EnumDescriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+}
+
 // AnnounceHostRequest describes a host. Every field is the host's full current value; an
 // update replaces the earlier announcement.
 type AnnounceHostRequest struct {
@@ -1898,6 +1954,7 @@ type HostCommand struct {
 	// Types that are valid to be assigned to Command:
 	//
 	//	*HostCommand_SeedTask
+	//	*HostCommand_WarmTask
 	Command       isHostCommand_Command `protobuf_oneof:"command"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1949,6 +2006,15 @@ func (x *HostCommand) GetSeedTask() *SeedTask {
 	return nil
 }
 
+func (x *HostCommand) GetWarmTask() *WarmTask {
+	if x != nil {
+		if x, ok := x.Command.(*HostCommand_WarmTask); ok {
+			return x.WarmTask
+		}
+	}
+	return nil
+}
+
 type isHostCommand_Command interface {
 	isHostCommand_Command()
 }
@@ -1958,7 +2024,490 @@ type HostCommand_SeedTask struct {
 	SeedTask *SeedTask `protobuf:"bytes,1,opt,name=seed_task,json=seedTask,proto3,oneof"`
 }
 
+type HostCommand_WarmTask struct {
+	// Warm blocks of a task into the host's cache.
+	WarmTask *WarmTask `protobuf:"bytes,2,opt,name=warm_task,json=warmTask,proto3,oneof"`
+}
+
 func (*HostCommand_SeedTask) isHostCommand_Command() {}
+
+func (*HostCommand_WarmTask) isHostCommand_Command() {}
+
+// WarmTask asks a host to warm blocks of a task into its cache (see PrefetchTask); the host
+// answers with ReportPrefetch when it is done.
+type WarmTask struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task, "sha256:<hex>": the layer's diffID, or the blob digest with
+	// source.random_access.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// Where the task is read from. Required.
+	Source *TaskSource `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	// Path patterns of the files whose blocks to warm (path.Match syntax, no leading slash,
+	// "dir/**" for everything under dir); empty: what a start needs (an eStargz layer's files
+	// before its prefetch landmark; the whole of a layer that cannot say).
+	Files []string `protobuf:"bytes,3,rep,name=files,proto3" json:"files,omitempty"`
+	// Warm the whole task.
+	All           bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WarmTask) Reset() {
+	*x = WarmTask{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WarmTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WarmTask) ProtoMessage() {}
+
+func (x *WarmTask) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WarmTask.ProtoReflect.Descriptor instead.
+func (*WarmTask) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WarmTask) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *WarmTask) GetSource() *TaskSource {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *WarmTask) GetFiles() []string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *WarmTask) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+// PrefetchTaskRequest asks for a task to be warmed on hosts.
+type PrefetchTaskRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The task and where it is read from, as in WarmTask. Required.
+	TaskId string      `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	Source *TaskSource `protobuf:"bytes,2,opt,name=source,proto3" json:"source,omitempty"`
+	Files  []string    `protobuf:"bytes,3,rep,name=files,proto3" json:"files,omitempty"`
+	All    bool        `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	// How many hosts; 0 for every non-seed host with an open WatchHost stream.
+	Hosts         uint32 `protobuf:"varint,5,opt,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrefetchTaskRequest) Reset() {
+	*x = PrefetchTaskRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrefetchTaskRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrefetchTaskRequest) ProtoMessage() {}
+
+func (x *PrefetchTaskRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrefetchTaskRequest.ProtoReflect.Descriptor instead.
+func (*PrefetchTaskRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PrefetchTaskRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *PrefetchTaskRequest) GetSource() *TaskSource {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *PrefetchTaskRequest) GetFiles() []string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *PrefetchTaskRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+func (x *PrefetchTaskRequest) GetHosts() uint32 {
+	if x != nil {
+		return x.Hosts
+	}
+	return 0
+}
+
+// PrefetchTaskResponse names the hosts asked.
+type PrefetchTaskResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostIds       []string               `protobuf:"bytes,1,rep,name=host_ids,json=hostIds,proto3" json:"host_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrefetchTaskResponse) Reset() {
+	*x = PrefetchTaskResponse{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrefetchTaskResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrefetchTaskResponse) ProtoMessage() {}
+
+func (x *PrefetchTaskResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrefetchTaskResponse.ProtoReflect.Descriptor instead.
+func (*PrefetchTaskResponse) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PrefetchTaskResponse) GetHostIds() []string {
+	if x != nil {
+		return x.HostIds
+	}
+	return nil
+}
+
+// ReportPrefetchRequest is a host's report on a WarmTask.
+type ReportPrefetchRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	HostId string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	TaskId string                 `protobuf:"bytes,2,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// DONE or FAILED.
+	State PrefetchState `protobuf:"varint,3,opt,name=state,proto3,enum=p2pimage.scheduler.v1.PrefetchState" json:"state,omitempty"`
+	// Bytes of the task it warmed.
+	WarmedBytes uint64 `protobuf:"varint,4,opt,name=warmed_bytes,json=warmedBytes,proto3" json:"warmed_bytes,omitempty"`
+	// Why it failed.
+	Message       string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPrefetchRequest) Reset() {
+	*x = ReportPrefetchRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPrefetchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPrefetchRequest) ProtoMessage() {}
+
+func (x *ReportPrefetchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPrefetchRequest.ProtoReflect.Descriptor instead.
+func (*ReportPrefetchRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ReportPrefetchRequest) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *ReportPrefetchRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *ReportPrefetchRequest) GetState() PrefetchState {
+	if x != nil {
+		return x.State
+	}
+	return PrefetchState_PREFETCH_STATE_UNSPECIFIED
+}
+
+func (x *ReportPrefetchRequest) GetWarmedBytes() uint64 {
+	if x != nil {
+		return x.WarmedBytes
+	}
+	return 0
+}
+
+func (x *ReportPrefetchRequest) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+type ReportPrefetchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportPrefetchResponse) Reset() {
+	*x = ReportPrefetchResponse{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportPrefetchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportPrefetchResponse) ProtoMessage() {}
+
+func (x *ReportPrefetchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportPrefetchResponse.ProtoReflect.Descriptor instead.
+func (*ReportPrefetchResponse) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+}
+
+// GetPrefetchRequest names a task.
+type GetPrefetchRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TaskId        string                 `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPrefetchRequest) Reset() {
+	*x = GetPrefetchRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPrefetchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPrefetchRequest) ProtoMessage() {}
+
+func (x *GetPrefetchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPrefetchRequest.ProtoReflect.Descriptor instead.
+func (*GetPrefetchRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetPrefetchRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+// HostPrefetch is one host asked to warm a task.
+type HostPrefetch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HostId        string                 `protobuf:"bytes,1,opt,name=host_id,json=hostId,proto3" json:"host_id,omitempty"`
+	State         PrefetchState          `protobuf:"varint,2,opt,name=state,proto3,enum=p2pimage.scheduler.v1.PrefetchState" json:"state,omitempty"`
+	WarmedBytes   uint64                 `protobuf:"varint,3,opt,name=warmed_bytes,json=warmedBytes,proto3" json:"warmed_bytes,omitempty"`
+	Message       string                 `protobuf:"bytes,4,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostPrefetch) Reset() {
+	*x = HostPrefetch{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostPrefetch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostPrefetch) ProtoMessage() {}
+
+func (x *HostPrefetch) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostPrefetch.ProtoReflect.Descriptor instead.
+func (*HostPrefetch) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *HostPrefetch) GetHostId() string {
+	if x != nil {
+		return x.HostId
+	}
+	return ""
+}
+
+func (x *HostPrefetch) GetState() PrefetchState {
+	if x != nil {
+		return x.State
+	}
+	return PrefetchState_PREFETCH_STATE_UNSPECIFIED
+}
+
+func (x *HostPrefetch) GetWarmedBytes() uint64 {
+	if x != nil {
+		return x.WarmedBytes
+	}
+	return 0
+}
+
+func (x *HostPrefetch) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+// GetPrefetchResponse lists the hosts asked to warm the task, by host id; empty if none was.
+type GetPrefetchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hosts         []*HostPrefetch        `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPrefetchResponse) Reset() {
+	*x = GetPrefetchResponse{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPrefetchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPrefetchResponse) ProtoMessage() {}
+
+func (x *GetPrefetchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPrefetchResponse.ProtoReflect.Descriptor instead.
+func (*GetPrefetchResponse) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetPrefetchResponse) GetHosts() []*HostPrefetch {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
 
 // SeedTask asks a seed to read a task from its registry, once for the cluster, and to serve
 // its blocks to the task's other peers as they arrive (children may fetch block k while the
@@ -1991,7 +2540,7 @@ type SeedTask struct {
 
 func (x *SeedTask) Reset() {
 	*x = SeedTask{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2003,7 +2552,7 @@ func (x *SeedTask) String() string {
 func (*SeedTask) ProtoMessage() {}
 
 func (x *SeedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2016,7 +2565,7 @@ func (x *SeedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
 func (*SeedTask) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SeedTask) GetTaskId() string {
@@ -2189,10 +2738,40 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x13\n" +
 	"\x11LeaveHostResponse\"+\n" +
 	"\x10WatchHostRequest\x12\x17\n" +
-	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"X\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\"\x98\x01\n" +
 	"\vHostCommand\x12>\n" +
-	"\tseed_task\x18\x01 \x01(\v2\x1f.p2pimage.scheduler.v1.SeedTaskH\x00R\bseedTaskB\t\n" +
-	"\acommand\"\xd4\x01\n" +
+	"\tseed_task\x18\x01 \x01(\v2\x1f.p2pimage.scheduler.v1.SeedTaskH\x00R\bseedTask\x12>\n" +
+	"\twarm_task\x18\x02 \x01(\v2\x1f.p2pimage.scheduler.v1.WarmTaskH\x00R\bwarmTaskB\t\n" +
+	"\acommand\"\x86\x01\n" +
+	"\bWarmTask\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x129\n" +
+	"\x06source\x18\x02 \x01(\v2!.p2pimage.scheduler.v1.TaskSourceR\x06source\x12\x14\n" +
+	"\x05files\x18\x03 \x03(\tR\x05files\x12\x10\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\"\xa7\x01\n" +
+	"\x13PrefetchTaskRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x129\n" +
+	"\x06source\x18\x02 \x01(\v2!.p2pimage.scheduler.v1.TaskSourceR\x06source\x12\x14\n" +
+	"\x05files\x18\x03 \x03(\tR\x05files\x12\x10\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\x12\x14\n" +
+	"\x05hosts\x18\x05 \x01(\rR\x05hosts\"1\n" +
+	"\x14PrefetchTaskResponse\x12\x19\n" +
+	"\bhost_ids\x18\x01 \x03(\tR\ahostIds\"\xc2\x01\n" +
+	"\x15ReportPrefetchRequest\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
+	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12:\n" +
+	"\x05state\x18\x03 \x01(\x0e2$.p2pimage.scheduler.v1.PrefetchStateR\x05state\x12!\n" +
+	"\fwarmed_bytes\x18\x04 \x01(\x04R\vwarmedBytes\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"\x18\n" +
+	"\x16ReportPrefetchResponse\"-\n" +
+	"\x12GetPrefetchRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\"\xa0\x01\n" +
+	"\fHostPrefetch\x12\x17\n" +
+	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12:\n" +
+	"\x05state\x18\x02 \x01(\x0e2$.p2pimage.scheduler.v1.PrefetchStateR\x05state\x12!\n" +
+	"\fwarmed_bytes\x18\x03 \x01(\x04R\vwarmedBytes\x12\x18\n" +
+	"\amessage\x18\x04 \x01(\tR\amessage\"P\n" +
+	"\x13GetPrefetchResponse\x129\n" +
+	"\x05hosts\x18\x01 \x03(\v2#.p2pimage.scheduler.v1.HostPrefetchR\x05hosts\"\xd4\x01\n" +
 	"\bSeedTask\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x17\n" +
 	"\apeer_id\x18\x02 \x01(\tR\x06peerId\x129\n" +
@@ -2217,7 +2796,12 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x16FAILURE_REASON_TIMEOUT\x10\x02\x12\x1d\n" +
 	"\x19FAILURE_REASON_CONNECTION\x10\x03\x12\x17\n" +
 	"\x13FAILURE_REASON_BUSY\x10\x04\x12\x1c\n" +
-	"\x18FAILURE_REASON_NOT_FOUND\x10\x052\xbb\x06\n" +
+	"\x18FAILURE_REASON_NOT_FOUND\x10\x05*}\n" +
+	"\rPrefetchState\x12\x1e\n" +
+	"\x1aPREFETCH_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14PREFETCH_STATE_ASKED\x10\x01\x12\x17\n" +
+	"\x13PREFETCH_STATE_DONE\x10\x02\x12\x19\n" +
+	"\x15PREFETCH_STATE_FAILED\x10\x032\xf9\b\n" +
 	"\tScheduler\x12g\n" +
 	"\fAnnounceHost\x12*.p2pimage.scheduler.v1.AnnounceHostRequest\x1a+.p2pimage.scheduler.v1.AnnounceHostResponse\x12^\n" +
 	"\tKeepalive\x12'.p2pimage.scheduler.v1.KeepaliveRequest\x1a(.p2pimage.scheduler.v1.KeepaliveResponse\x12g\n" +
@@ -2226,7 +2810,10 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x13GetCandidateParents\x121.p2pimage.scheduler.v1.GetCandidateParentsRequest\x1a2.p2pimage.scheduler.v1.GetCandidateParentsResponse\x12^\n" +
 	"\tLeaveTask\x12'.p2pimage.scheduler.v1.LeaveTaskRequest\x1a(.p2pimage.scheduler.v1.LeaveTaskResponse\x12^\n" +
 	"\tLeaveHost\x12'.p2pimage.scheduler.v1.LeaveHostRequest\x1a(.p2pimage.scheduler.v1.LeaveHostResponse\x12Z\n" +
-	"\tWatchHost\x12'.p2pimage.scheduler.v1.WatchHostRequest\x1a\".p2pimage.scheduler.v1.HostCommand0\x01BDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
+	"\tWatchHost\x12'.p2pimage.scheduler.v1.WatchHostRequest\x1a\".p2pimage.scheduler.v1.HostCommand0\x01\x12g\n" +
+	"\fPrefetchTask\x12*.p2pimage.scheduler.v1.PrefetchTaskRequest\x1a+.p2pimage.scheduler.v1.PrefetchTaskResponse\x12m\n" +
+	"\x0eReportPrefetch\x12,.p2pimage.scheduler.v1.ReportPrefetchRequest\x1a-.p2pimage.scheduler.v1.ReportPrefetchResponse\x12d\n" +
+	"\vGetPrefetch\x12).p2pimage.scheduler.v1.GetPrefetchRequest\x1a*.p2pimage.scheduler.v1.GetPrefetchResponseBDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -2240,80 +2827,101 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 	return file_scheduler_v1_scheduler_proto_rawDescData
 }
 
-var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(HostType)(0),                       // 0: p2pimage.scheduler.v1.HostType
 	(Directive)(0),                      // 1: p2pimage.scheduler.v1.Directive
 	(FailureReason)(0),                  // 2: p2pimage.scheduler.v1.FailureReason
-	(*AnnounceHostRequest)(nil),         // 3: p2pimage.scheduler.v1.AnnounceHostRequest
-	(*AnnounceHostResponse)(nil),        // 4: p2pimage.scheduler.v1.AnnounceHostResponse
-	(*HostState)(nil),                   // 5: p2pimage.scheduler.v1.HostState
-	(*KeepaliveRequest)(nil),            // 6: p2pimage.scheduler.v1.KeepaliveRequest
-	(*KeepaliveResponse)(nil),           // 7: p2pimage.scheduler.v1.KeepaliveResponse
-	(*TaskSource)(nil),                  // 8: p2pimage.scheduler.v1.TaskSource
-	(*RegisterPeerRequest)(nil),         // 9: p2pimage.scheduler.v1.RegisterPeerRequest
-	(*RegisterPeerResponse)(nil),        // 10: p2pimage.scheduler.v1.RegisterPeerResponse
-	(*CandidateParent)(nil),             // 11: p2pimage.scheduler.v1.CandidateParent
-	(*ProgressReport)(nil),              // 12: p2pimage.scheduler.v1.ProgressReport
-	(*NewBlocks)(nil),                   // 13: p2pimage.scheduler.v1.NewBlocks
-	(*BlockFailure)(nil),                // 14: p2pimage.scheduler.v1.BlockFailure
-	(*PeerFinished)(nil),                // 15: p2pimage.scheduler.v1.PeerFinished
-	(*PeerFailed)(nil),                  // 16: p2pimage.scheduler.v1.PeerFailed
-	(*SchedulerCommand)(nil),            // 17: p2pimage.scheduler.v1.SchedulerCommand
-	(*NewParents)(nil),                  // 18: p2pimage.scheduler.v1.NewParents
-	(*DirectiveChange)(nil),             // 19: p2pimage.scheduler.v1.DirectiveChange
-	(*GetCandidateParentsRequest)(nil),  // 20: p2pimage.scheduler.v1.GetCandidateParentsRequest
-	(*GetCandidateParentsResponse)(nil), // 21: p2pimage.scheduler.v1.GetCandidateParentsResponse
-	(*LeaveTaskRequest)(nil),            // 22: p2pimage.scheduler.v1.LeaveTaskRequest
-	(*LeaveTaskResponse)(nil),           // 23: p2pimage.scheduler.v1.LeaveTaskResponse
-	(*LeaveHostRequest)(nil),            // 24: p2pimage.scheduler.v1.LeaveHostRequest
-	(*LeaveHostResponse)(nil),           // 25: p2pimage.scheduler.v1.LeaveHostResponse
-	(*WatchHostRequest)(nil),            // 26: p2pimage.scheduler.v1.WatchHostRequest
-	(*HostCommand)(nil),                 // 27: p2pimage.scheduler.v1.HostCommand
-	(*SeedTask)(nil),                    // 28: p2pimage.scheduler.v1.SeedTask
+	(PrefetchState)(0),                  // 3: p2pimage.scheduler.v1.PrefetchState
+	(*AnnounceHostRequest)(nil),         // 4: p2pimage.scheduler.v1.AnnounceHostRequest
+	(*AnnounceHostResponse)(nil),        // 5: p2pimage.scheduler.v1.AnnounceHostResponse
+	(*HostState)(nil),                   // 6: p2pimage.scheduler.v1.HostState
+	(*KeepaliveRequest)(nil),            // 7: p2pimage.scheduler.v1.KeepaliveRequest
+	(*KeepaliveResponse)(nil),           // 8: p2pimage.scheduler.v1.KeepaliveResponse
+	(*TaskSource)(nil),                  // 9: p2pimage.scheduler.v1.TaskSource
+	(*RegisterPeerRequest)(nil),         // 10: p2pimage.scheduler.v1.RegisterPeerRequest
+	(*RegisterPeerResponse)(nil),        // 11: p2pimage.scheduler.v1.RegisterPeerResponse
+	(*CandidateParent)(nil),             // 12: p2pimage.scheduler.v1.CandidateParent
+	(*ProgressReport)(nil),              // 13: p2pimage.scheduler.v1.ProgressReport
+	(*NewBlocks)(nil),                   // 14: p2pimage.scheduler.v1.NewBlocks
+	(*BlockFailure)(nil),                // 15: p2pimage.scheduler.v1.BlockFailure
+	(*PeerFinished)(nil),                // 16: p2pimage.scheduler.v1.PeerFinished
+	(*PeerFailed)(nil),                  // 17: p2pimage.scheduler.v1.PeerFailed
+	(*SchedulerCommand)(nil),            // 18: p2pimage.scheduler.v1.SchedulerCommand
+	(*NewParents)(nil),                  // 19: p2pimage.scheduler.v1.NewParents
+	(*DirectiveChange)(nil),             // 20: p2pimage.scheduler.v1.DirectiveChange
+	(*GetCandidateParentsRequest)(nil),  // 21: p2pimage.scheduler.v1.GetCandidateParentsRequest
+	(*GetCandidateParentsResponse)(nil), // 22: p2pimage.scheduler.v1.GetCandidateParentsResponse
+	(*LeaveTaskRequest)(nil),            // 23: p2pimage.scheduler.v1.LeaveTaskRequest
+	(*LeaveTaskResponse)(nil),           // 24: p2pimage.scheduler.v1.LeaveTaskResponse
+	(*LeaveHostRequest)(nil),            // 25: p2pimage.scheduler.v1.LeaveHostRequest
+	(*LeaveHostResponse)(nil),           // 26: p2pimage.scheduler.v1.LeaveHostResponse
+	(*WatchHostRequest)(nil),            // 27: p2pimage.scheduler.v1.WatchHostRequest
+	(*HostCommand)(nil),                 // 28: p2pimage.scheduler.v1.HostCommand
+	(*WarmTask)(nil),                    // 29: p2pimage.scheduler.v1.WarmTask
+	(*PrefetchTaskRequest)(nil),         // 30: p2pimage.scheduler.v1.PrefetchTaskRequest
+	(*PrefetchTaskResponse)(nil),        // 31: p2pimage.scheduler.v1.PrefetchTaskResponse
+	(*ReportPrefetchRequest)(nil),       // 32: p2pimage.scheduler.v1.ReportPrefetchRequest
+	(*ReportPrefetchResponse)(nil),      // 33: p2pimage.scheduler.v1.ReportPrefetchResponse
+	(*GetPrefetchRequest)(nil),          // 34: p2pimage.scheduler.v1.GetPrefetchRequest
+	(*HostPrefetch)(nil),                // 35: p2pimage.scheduler.v1.HostPrefetch
+	(*GetPrefetchResponse)(nil),         // 36: p2pimage.scheduler.v1.GetPrefetchResponse
+	(*SeedTask)(nil),                    // 37: p2pimage.scheduler.v1.SeedTask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	0,  // 0: p2pimage.scheduler.v1.AnnounceHostRequest.type:type_name -> p2pimage.scheduler.v1.HostType
-	5,  // 1: p2pimage.scheduler.v1.KeepaliveRequest.state:type_name -> p2pimage.scheduler.v1.HostState
-	8,  // 2: p2pimage.scheduler.v1.RegisterPeerRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	11, // 3: p2pimage.scheduler.v1.RegisterPeerResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	6,  // 1: p2pimage.scheduler.v1.KeepaliveRequest.state:type_name -> p2pimage.scheduler.v1.HostState
+	9,  // 2: p2pimage.scheduler.v1.RegisterPeerRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	12, // 3: p2pimage.scheduler.v1.RegisterPeerResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
 	1,  // 4: p2pimage.scheduler.v1.RegisterPeerResponse.directive:type_name -> p2pimage.scheduler.v1.Directive
-	5,  // 5: p2pimage.scheduler.v1.CandidateParent.host_state:type_name -> p2pimage.scheduler.v1.HostState
+	6,  // 5: p2pimage.scheduler.v1.CandidateParent.host_state:type_name -> p2pimage.scheduler.v1.HostState
 	0,  // 6: p2pimage.scheduler.v1.CandidateParent.host_type:type_name -> p2pimage.scheduler.v1.HostType
-	13, // 7: p2pimage.scheduler.v1.ProgressReport.new_blocks:type_name -> p2pimage.scheduler.v1.NewBlocks
-	14, // 8: p2pimage.scheduler.v1.ProgressReport.block_failure:type_name -> p2pimage.scheduler.v1.BlockFailure
-	15, // 9: p2pimage.scheduler.v1.ProgressReport.finished:type_name -> p2pimage.scheduler.v1.PeerFinished
-	16, // 10: p2pimage.scheduler.v1.ProgressReport.failed:type_name -> p2pimage.scheduler.v1.PeerFailed
+	14, // 7: p2pimage.scheduler.v1.ProgressReport.new_blocks:type_name -> p2pimage.scheduler.v1.NewBlocks
+	15, // 8: p2pimage.scheduler.v1.ProgressReport.block_failure:type_name -> p2pimage.scheduler.v1.BlockFailure
+	16, // 9: p2pimage.scheduler.v1.ProgressReport.finished:type_name -> p2pimage.scheduler.v1.PeerFinished
+	17, // 10: p2pimage.scheduler.v1.ProgressReport.failed:type_name -> p2pimage.scheduler.v1.PeerFailed
 	2,  // 11: p2pimage.scheduler.v1.BlockFailure.reason:type_name -> p2pimage.scheduler.v1.FailureReason
-	18, // 12: p2pimage.scheduler.v1.SchedulerCommand.new_parents:type_name -> p2pimage.scheduler.v1.NewParents
-	19, // 13: p2pimage.scheduler.v1.SchedulerCommand.directive_change:type_name -> p2pimage.scheduler.v1.DirectiveChange
-	11, // 14: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	19, // 12: p2pimage.scheduler.v1.SchedulerCommand.new_parents:type_name -> p2pimage.scheduler.v1.NewParents
+	20, // 13: p2pimage.scheduler.v1.SchedulerCommand.directive_change:type_name -> p2pimage.scheduler.v1.DirectiveChange
+	12, // 14: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
 	1,  // 15: p2pimage.scheduler.v1.DirectiveChange.directive:type_name -> p2pimage.scheduler.v1.Directive
-	11, // 16: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
-	28, // 17: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
-	8,  // 18: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	3,  // 19: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
-	6,  // 20: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
-	9,  // 21: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
-	12, // 22: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
-	20, // 23: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
-	22, // 24: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
-	24, // 25: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
-	26, // 26: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
-	4,  // 27: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
-	7,  // 28: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
-	10, // 29: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
-	17, // 30: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
-	21, // 31: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
-	23, // 32: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
-	25, // 33: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
-	27, // 34: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	12, // 16: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	37, // 17: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
+	29, // 18: p2pimage.scheduler.v1.HostCommand.warm_task:type_name -> p2pimage.scheduler.v1.WarmTask
+	9,  // 19: p2pimage.scheduler.v1.WarmTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	9,  // 20: p2pimage.scheduler.v1.PrefetchTaskRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	3,  // 21: p2pimage.scheduler.v1.ReportPrefetchRequest.state:type_name -> p2pimage.scheduler.v1.PrefetchState
+	3,  // 22: p2pimage.scheduler.v1.HostPrefetch.state:type_name -> p2pimage.scheduler.v1.PrefetchState
+	35, // 23: p2pimage.scheduler.v1.GetPrefetchResponse.hosts:type_name -> p2pimage.scheduler.v1.HostPrefetch
+	9,  // 24: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	4,  // 25: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
+	7,  // 26: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
+	10, // 27: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
+	13, // 28: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
+	21, // 29: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
+	23, // 30: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
+	25, // 31: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
+	27, // 32: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
+	30, // 33: p2pimage.scheduler.v1.Scheduler.PrefetchTask:input_type -> p2pimage.scheduler.v1.PrefetchTaskRequest
+	32, // 34: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:input_type -> p2pimage.scheduler.v1.ReportPrefetchRequest
+	34, // 35: p2pimage.scheduler.v1.Scheduler.GetPrefetch:input_type -> p2pimage.scheduler.v1.GetPrefetchRequest
+	5,  // 36: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
+	8,  // 37: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
+	11, // 38: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
+	18, // 39: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
+	22, // 40: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
+	24, // 41: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
+	26, // 42: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
+	28, // 43: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
+	31, // 44: p2pimage.scheduler.v1.Scheduler.PrefetchTask:output_type -> p2pimage.scheduler.v1.PrefetchTaskResponse
+	33, // 45: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:output_type -> p2pimage.scheduler.v1.ReportPrefetchResponse
+	36, // 46: p2pimage.scheduler.v1.Scheduler.GetPrefetch:output_type -> p2pimage.scheduler.v1.GetPrefetchResponse
+	36, // [36:47] is the sub-list for method output_type
+	25, // [25:36] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -2334,14 +2942,15 @@ func file_scheduler_v1_scheduler_proto_init() {
 	}
 	file_scheduler_v1_scheduler_proto_msgTypes[24].OneofWrappers = []any{
 		(*HostCommand_SeedTask)(nil),
+		(*HostCommand_WarmTask)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   26,
+			NumEnums:      4,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

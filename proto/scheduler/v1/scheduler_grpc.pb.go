@@ -27,6 +27,9 @@ const (
 	Scheduler_LeaveTask_FullMethodName           = "/p2pimage.scheduler.v1.Scheduler/LeaveTask"
 	Scheduler_LeaveHost_FullMethodName           = "/p2pimage.scheduler.v1.Scheduler/LeaveHost"
 	Scheduler_WatchHost_FullMethodName           = "/p2pimage.scheduler.v1.Scheduler/WatchHost"
+	Scheduler_PrefetchTask_FullMethodName        = "/p2pimage.scheduler.v1.Scheduler/PrefetchTask"
+	Scheduler_ReportPrefetch_FullMethodName      = "/p2pimage.scheduler.v1.Scheduler/ReportPrefetch"
+	Scheduler_GetPrefetch_FullMethodName         = "/p2pimage.scheduler.v1.Scheduler/GetPrefetch"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -71,14 +74,24 @@ type SchedulerClient interface {
 	// LeaveHost removes a host and all its peers, on an orderly shutdown of its daemon.
 	LeaveHost(ctx context.Context, in *LeaveHostRequest, opts ...grpc.CallOption) (*LeaveHostResponse, error)
 	// WatchHost is one server stream per host that the scheduler may give work to, opened after
-	// AnnounceHost and kept open for as long as the host runs. Today only seeds need it: a seed
-	// host (HOST_TYPE_SEED) can be asked to read a task only while its WatchHost stream is
-	// open, and receives a SeedTask on it when it is. A host re-opens the stream when it ends
-	// (announcing itself again on NOT_FOUND); on every open the scheduler sends again each
-	// SeedTask the host was given and has not yet acted on (see SeedTask), so a command is never
-	// lost with a broken stream. A second stream for the same host replaces the first, which
-	// ends.
+	// AnnounceHost and kept open for as long as the host runs. A seed host (HOST_TYPE_SEED) can
+	// be asked to read a task only while its WatchHost stream is open, and receives a SeedTask
+	// on it when it is; any host watching can be sent a WarmTask (PrefetchTask). A host
+	// re-opens the stream when it ends (announcing itself again on NOT_FOUND); on every open the
+	// scheduler sends again each SeedTask the host was given and has not yet acted on (see
+	// SeedTask), so a command is never lost with a broken stream. A second stream for the same
+	// host replaces the first, which ends.
 	WatchHost(ctx context.Context, in *WatchHostRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[HostCommand], error)
+	// PrefetchTask has hosts warm blocks of a task into their caches before a container needs
+	// them (p2pctl prefetch --scheduler): the scheduler picks the hosts, every non-seed host
+	// with an open WatchHost stream or as many as asked (by rendezvous hash of the task), sends
+	// each a WarmTask, and answers with their ids. Each host then takes part in the task as a
+	// start would (a seed reads the source once) and reports how it ended with ReportPrefetch.
+	PrefetchTask(ctx context.Context, in *PrefetchTaskRequest, opts ...grpc.CallOption) (*PrefetchTaskResponse, error)
+	// ReportPrefetch is a host saying how a WarmTask ended.
+	ReportPrefetch(ctx context.Context, in *ReportPrefetchRequest, opts ...grpc.CallOption) (*ReportPrefetchResponse, error)
+	// GetPrefetch returns where each host asked to warm a task stands.
+	GetPrefetch(ctx context.Context, in *GetPrefetchRequest, opts ...grpc.CallOption) (*GetPrefetchResponse, error)
 }
 
 type schedulerClient struct {
@@ -181,6 +194,36 @@ func (c *schedulerClient) WatchHost(ctx context.Context, in *WatchHostRequest, o
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_WatchHostClient = grpc.ServerStreamingClient[HostCommand]
 
+func (c *schedulerClient) PrefetchTask(ctx context.Context, in *PrefetchTaskRequest, opts ...grpc.CallOption) (*PrefetchTaskResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PrefetchTaskResponse)
+	err := c.cc.Invoke(ctx, Scheduler_PrefetchTask_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerClient) ReportPrefetch(ctx context.Context, in *ReportPrefetchRequest, opts ...grpc.CallOption) (*ReportPrefetchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportPrefetchResponse)
+	err := c.cc.Invoke(ctx, Scheduler_ReportPrefetch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *schedulerClient) GetPrefetch(ctx context.Context, in *GetPrefetchRequest, opts ...grpc.CallOption) (*GetPrefetchResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetPrefetchResponse)
+	err := c.cc.Invoke(ctx, Scheduler_GetPrefetch_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -223,14 +266,24 @@ type SchedulerServer interface {
 	// LeaveHost removes a host and all its peers, on an orderly shutdown of its daemon.
 	LeaveHost(context.Context, *LeaveHostRequest) (*LeaveHostResponse, error)
 	// WatchHost is one server stream per host that the scheduler may give work to, opened after
-	// AnnounceHost and kept open for as long as the host runs. Today only seeds need it: a seed
-	// host (HOST_TYPE_SEED) can be asked to read a task only while its WatchHost stream is
-	// open, and receives a SeedTask on it when it is. A host re-opens the stream when it ends
-	// (announcing itself again on NOT_FOUND); on every open the scheduler sends again each
-	// SeedTask the host was given and has not yet acted on (see SeedTask), so a command is never
-	// lost with a broken stream. A second stream for the same host replaces the first, which
-	// ends.
+	// AnnounceHost and kept open for as long as the host runs. A seed host (HOST_TYPE_SEED) can
+	// be asked to read a task only while its WatchHost stream is open, and receives a SeedTask
+	// on it when it is; any host watching can be sent a WarmTask (PrefetchTask). A host
+	// re-opens the stream when it ends (announcing itself again on NOT_FOUND); on every open the
+	// scheduler sends again each SeedTask the host was given and has not yet acted on (see
+	// SeedTask), so a command is never lost with a broken stream. A second stream for the same
+	// host replaces the first, which ends.
 	WatchHost(*WatchHostRequest, grpc.ServerStreamingServer[HostCommand]) error
+	// PrefetchTask has hosts warm blocks of a task into their caches before a container needs
+	// them (p2pctl prefetch --scheduler): the scheduler picks the hosts, every non-seed host
+	// with an open WatchHost stream or as many as asked (by rendezvous hash of the task), sends
+	// each a WarmTask, and answers with their ids. Each host then takes part in the task as a
+	// start would (a seed reads the source once) and reports how it ended with ReportPrefetch.
+	PrefetchTask(context.Context, *PrefetchTaskRequest) (*PrefetchTaskResponse, error)
+	// ReportPrefetch is a host saying how a WarmTask ended.
+	ReportPrefetch(context.Context, *ReportPrefetchRequest) (*ReportPrefetchResponse, error)
+	// GetPrefetch returns where each host asked to warm a task stands.
+	GetPrefetch(context.Context, *GetPrefetchRequest) (*GetPrefetchResponse, error)
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -264,6 +317,15 @@ func (UnimplementedSchedulerServer) LeaveHost(context.Context, *LeaveHostRequest
 }
 func (UnimplementedSchedulerServer) WatchHost(*WatchHostRequest, grpc.ServerStreamingServer[HostCommand]) error {
 	return status.Error(codes.Unimplemented, "method WatchHost not implemented")
+}
+func (UnimplementedSchedulerServer) PrefetchTask(context.Context, *PrefetchTaskRequest) (*PrefetchTaskResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrefetchTask not implemented")
+}
+func (UnimplementedSchedulerServer) ReportPrefetch(context.Context, *ReportPrefetchRequest) (*ReportPrefetchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportPrefetch not implemented")
+}
+func (UnimplementedSchedulerServer) GetPrefetch(context.Context, *GetPrefetchRequest) (*GetPrefetchResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetPrefetch not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -412,6 +474,60 @@ func _Scheduler_WatchHost_Handler(srv interface{}, stream grpc.ServerStream) err
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Scheduler_WatchHostServer = grpc.ServerStreamingServer[HostCommand]
 
+func _Scheduler_PrefetchTask_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrefetchTaskRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).PrefetchTask(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_PrefetchTask_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).PrefetchTask(ctx, req.(*PrefetchTaskRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Scheduler_ReportPrefetch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportPrefetchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).ReportPrefetch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_ReportPrefetch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).ReportPrefetch(ctx, req.(*ReportPrefetchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Scheduler_GetPrefetch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPrefetchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).GetPrefetch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_GetPrefetch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).GetPrefetch(ctx, req.(*GetPrefetchRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -442,6 +558,18 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "LeaveHost",
 			Handler:    _Scheduler_LeaveHost_Handler,
+		},
+		{
+			MethodName: "PrefetchTask",
+			Handler:    _Scheduler_PrefetchTask_Handler,
+		},
+		{
+			MethodName: "ReportPrefetch",
+			Handler:    _Scheduler_ReportPrefetch_Handler,
+		},
+		{
+			MethodName: "GetPrefetch",
+			Handler:    _Scheduler_GetPrefetch_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
