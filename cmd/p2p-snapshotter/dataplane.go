@@ -139,7 +139,19 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 		}
 		return hs
 	}
-	var opts []scheduling.Option
+	// Any host can be asked to warm a task ahead of a start (p2pctl prefetch --scheduler).
+	opts := []scheduling.Option{scheduling.WithWarmHandler(func(ctx context.Context, src seed.Source, files []string, all bool) (int64, error) {
+		n := node.Load()
+		if n == nil {
+			return 0, errors.New("the node is not started yet")
+		}
+		var warmed atomic.Int64
+		err := n.Prefetch(ctx, src, p2p.Selection{Files: files, All: all}, func(done, _ int64) {
+			for old := warmed.Load(); done > old && !warmed.CompareAndSwap(old, done); old = warmed.Load() {
+			}
+		})
+		return warmed.Load(), err
+	})}
 	if cfg.P2P.Seed {
 		opts = append(opts, scheduling.WithSeedHandler(func(ctx context.Context, src seed.Source) {
 			n := node.Load()

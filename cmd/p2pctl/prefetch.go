@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -11,9 +13,12 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
@@ -31,9 +36,10 @@ type prefetchResult struct {
 
 func newPrefetchCommand() *cobra.Command {
 	var (
-		root, platform, hostsDir string
-		insecure, files          []string
-		all, asJSON              bool
+		root, platform, hostsDir, sched string
+		insecure, files                 []string
+		all, asJSON                     bool
+		hosts                           uint32
 	)
 	cmd := &cobra.Command{
 		Use:   "prefetch IMAGE",
@@ -50,7 +56,12 @@ neither, each layer's start set: an eStargz layer's files before its prefetch la
 TOC alone if the builder marked none), and the whole of a layer that cannot say.
 
 Each layer shows its progress (bytes, rate, ETA) on a terminal, and one line when done. The
-exit status is 0 only if everything asked for is warm.`,
+exit status is 0 only if everything asked for is warm.
+
+With --scheduler HOST:PORT (a scheduler's gRPC address) the fleet warms the image instead of
+this node: the scheduler sends the request to every host that watches it, or to --hosts of
+them chosen by the layer, and each warms it as above, through the P2P network, and reports
+back; the command waits for the reports and shows, per layer, how many hosts are warm.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all && len(files) > 0 {
@@ -72,11 +83,14 @@ exit status is 0 only if everything asked for is warm.`,
 			if err != nil {
 				return err
 			}
+			sel := p2p.Selection{Files: files, All: all}
+			if sched != "" {
+				return prefetchFleet(ctx, cmd.OutOrStdout(), sched, img, sel, hosts, asJSON)
+			}
 			daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
 			if err := daemon.Ping(ctx); err != nil {
 				return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
 			}
-			sel := p2p.Selection{Files: files, All: all}
 			out := cmd.OutOrStdout()
 			var results []prefetchResult
 			failed := 0
@@ -130,5 +144,89 @@ exit status is 0 only if everything asked for is warm.`,
 	f.StringArrayVar(&files, "files", nil, `warm the blocks of the files matching this pattern ("etc/*.conf", "usr/lib/**"); repeatable`)
 	f.BoolVar(&all, "all", false, "warm the whole layers")
 	f.BoolVar(&asJSON, "json", false, "print the outcome of each layer as JSON")
+	f.StringVar(&sched, "scheduler", "", "warm the fleet: the gRPC address (host:port) of a scheduler the hosts watch")
+	f.Uint32Var(&hosts, "hosts", 0, "with --scheduler, how many hosts warm each layer (0: every host)")
 	return cmd
+}
+
+// fleetResult is one layer's outcome of a fleet prefetch, as --json prints it.
+type fleetResult struct {
+	Layer  int                         `json:"layer"`
+	DiffID string                      `json:"diff_id"`
+	Hosts  []*schedulerv1.HostPrefetch `json:"hosts"`
+}
+
+// prefetchFleet asks the scheduler at addr to have hosts warm each layer of img, and waits
+// for their reports.
+func prefetchFleet(ctx context.Context, out io.Writer, addr string, img *registry.Image, sel p2p.Selection, hosts uint32, asJSON bool) error {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("--scheduler %s: %w", addr, err)
+	}
+	defer conn.Close()
+	cli := schedulerv1.NewSchedulerClient(conn)
+	var results []fleetResult
+	failed := 0
+	for i, l := range img.Layers {
+		task := l.DiffID.String()
+		ts := &schedulerv1.TaskSource{Registry: img.Host, Repository: img.Repository, BlobDigest: l.Descriptor.Digest.String(),
+			BlobMediaType: l.Descriptor.MediaType, BlobSize: uint64(l.Descriptor.Size), DiffId: task}
+		resp, err := cli.PrefetchTask(ctx, &schedulerv1.PrefetchTaskRequest{TaskId: task, Source: ts, Files: sel.Files, All: sel.All, Hosts: hosts})
+		if err != nil {
+			return fmt.Errorf("layer %d: %w", i, err)
+		}
+		start := time.Now()
+		var st *schedulerv1.GetPrefetchResponse
+		for {
+			if st, err = cli.GetPrefetch(ctx, &schedulerv1.GetPrefetchRequest{TaskId: task}); err != nil {
+				return fmt.Errorf("layer %d: %w", i, err)
+			}
+			if pendingHosts(st) == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		warm := 0
+		for _, h := range st.Hosts {
+			if h.State == schedulerv1.PrefetchState_PREFETCH_STATE_DONE {
+				warm++
+			}
+		}
+		if warm < len(resp.HostIds) {
+			failed++
+		}
+		results = append(results, fleetResult{Layer: i, DiffID: task, Hosts: st.Hosts})
+		if !asJSON {
+			fmt.Fprintf(out, "layer %d %s  warm on %d of %d hosts in %.2f s\n", i, shortID(l.Descriptor.Digest.String()), warm, len(resp.HostIds), time.Since(start).Seconds())
+			for _, h := range st.Hosts {
+				if h.State != schedulerv1.PrefetchState_PREFETCH_STATE_DONE {
+					fmt.Fprintf(out, "  %s: FAILED: %s\n", h.HostId, h.Message)
+				}
+			}
+		}
+	}
+	if asJSON {
+		if err := writeJSON(out, results); err != nil {
+			return err
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d layers not warm on every host asked", failed, len(img.Layers))
+	}
+	return nil
+}
+
+// pendingHosts counts the hosts that have not reported yet.
+func pendingHosts(st *schedulerv1.GetPrefetchResponse) int {
+	n := 0
+	for _, h := range st.Hosts {
+		if h.State == schedulerv1.PrefetchState_PREFETCH_STATE_ASKED {
+			n++
+		}
+	}
+	return n
 }

@@ -8,8 +8,6 @@ import (
 	"time"
 
 	"github.com/containerd/log"
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -52,6 +50,7 @@ type Client struct {
 	state  State
 	ring   *Ring
 	onSeed func(ctx context.Context, src seed.Source)
+	onWarm WarmHandler
 
 	mu        sync.Mutex
 	conns     map[string]*grpc.ClientConn
@@ -90,8 +89,20 @@ func WithSeedHandler(fn func(ctx context.Context, src seed.Source)) Option {
 	return func(c *Client) { c.onSeed = fn }
 }
 
+// WarmHandler warms blocks of the layer src names into this node's cache, the blocks of the
+// files that match files (all of them with all; what a start needs with neither), and
+// returns the bytes it warmed. p2p.Node.Prefetch does this.
+type WarmHandler func(ctx context.Context, src seed.Source, files []string, all bool) (int64, error)
+
+// WithWarmHandler calls fn (in a goroutine) for every task a scheduler asks this host to warm
+// (PrefetchTask), and reports to that scheduler how it ended. The client then watches every
+// scheduler, as a seed does.
+func WithWarmHandler(fn WarmHandler) Option {
+	return func(c *Client) { c.onWarm = fn }
+}
+
 // New returns a client of the schedulers on ring, for host, and starts its keepalive (and,
-// for a seed host, watching for seed tasks). Close stops them.
+// for a seed host or one with a WarmHandler, watching for commands). Close stops them.
 func New(host Host, state State, ring *Ring, opts ...Option) *Client {
 	c := &Client{host: host, state: state, ring: ring, conns: make(map[string]*grpc.ClientConn),
 		announced: make(map[string]bool), tasks: make(map[layer.TaskID]*taskReg), keepalive: defaultKeepalive}
@@ -101,7 +112,7 @@ func New(host Host, state State, ring *Ring, opts ...Option) *Client {
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go c.keepaliveLoop()
-	if host.Seed {
+	if host.Seed || c.onWarm != nil {
 		for _, addr := range ring.Addrs() {
 			c.wg.Add(1)
 			go c.watchLoop(addr)
@@ -635,74 +646,6 @@ func (c *Client) keepaliveLoop() {
 			if status.Code(err) == codes.NotFound {
 				c.forget(a) // announced again on the next call
 			}
-		}
-	}
-}
-
-// watchLoop keeps a WatchHost stream open on addr and seeds what it is asked to.
-func (c *Client) watchLoop(addr string) {
-	defer c.wg.Done()
-	backoff := 200 * time.Millisecond
-	for c.ctx.Err() == nil {
-		err := c.watch(addr)
-		if c.ctx.Err() != nil {
-			return
-		}
-		log.G(c.ctx).WithError(err).WithField("scheduler", addr).Debug("seed watch ended; watching again")
-		select {
-		case <-c.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-func (c *Client) watch(addr string) error {
-	cli, err := c.client(addr)
-	if err != nil {
-		return err
-	}
-	if err := c.announce(c.ctx, addr, cli); err != nil {
-		return err
-	}
-	stream, err := cli.WatchHost(c.ctx, &schedulerv1.WatchHostRequest{HostId: c.host.ID})
-	if err != nil {
-		return err
-	}
-	for {
-		cmd, err := stream.Recv()
-		if err != nil {
-			if status.Code(err) == codes.NotFound {
-				c.forget(addr)
-			}
-			return err
-		}
-		st := cmd.GetSeedTask()
-		if st == nil || st.GetSource() == nil {
-			continue
-		}
-		src := seed.Source{
-			Host: st.GetSource().GetRegistry(), Repository: st.GetSource().GetRepository(),
-			Blob: ocispec.Descriptor{MediaType: st.GetSource().GetBlobMediaType(), Digest: digest.Digest(st.GetSource().GetBlobDigest()),
-				Size: int64(st.GetSource().GetBlobSize())},
-			DiffID:       digest.Digest(st.GetSource().GetDiffId()),
-			RandomAccess: st.GetSource().GetRandomAccess(),
-		}
-		if src.Task() != layer.TaskID(st.GetTaskId()) {
-			log.G(c.ctx).WithField("task", st.GetTaskId()).Warn("seed task whose source names another layer; ignored")
-			continue
-		}
-		reg := c.taskReg(src, int64(st.GetBlockSize()))
-		c.mu.Lock()
-		reg.sched, reg.peerID = addr, st.GetPeerId()
-		c.mu.Unlock()
-		if c.onSeed != nil {
-			c.wg.Add(1)
-			go func() {
-				defer c.wg.Done()
-				c.onSeed(c.ctx, src)
-			}()
 		}
 	}
 }

@@ -134,3 +134,64 @@ func TestFailoverToTheNextScheduler(t *testing.T) {
 		t.Fatalf("ring order after the failure: %v; want only %s during the cooldown", got, other.addr)
 	}
 }
+
+// TestWarmTask: a host with a WarmHandler watches the scheduler; a PrefetchTask reaches the
+// handler with the layer's source and selection, and the scheduler learns how it ended.
+func TestWarmTask(t *testing.T) {
+	sp := startScheduler(t, "")
+	ring, err := NewRing(t.Context(), []string{sp.addr}, time.Minute, net.DefaultResolver, time.Now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type call struct {
+		src   seed.Source
+		files []string
+	}
+	calls := make(chan call, 1)
+	c := New(Host{ID: "h0", BlockAddress: "127.0.0.1:10"}, func() *schedulerv1.HostState { return &schedulerv1.HostState{} }, ring,
+		WithWarmHandler(func(_ context.Context, src seed.Source, files []string, all bool) (int64, error) {
+			calls <- call{src, files}
+			return 1234, nil
+		}))
+	t.Cleanup(func() { c.Close() })
+
+	src := source(1)
+	ts := &schedulerv1.TaskSource{Registry: src.Host, Repository: src.Repository, BlobDigest: src.Blob.Digest.String(),
+		BlobMediaType: src.Blob.MediaType, BlobSize: uint64(src.Blob.Size), DiffId: src.DiffID.String()}
+	var resp *schedulerv1.PrefetchTaskResponse
+	deadline := time.Now().Add(10 * time.Second)
+	for { // the host watches the scheduler soon after it starts
+		resp, err = sp.core.PrefetchTask(t.Context(), &schedulerv1.PrefetchTaskRequest{TaskId: src.DiffID.String(), Source: ts, Files: []string{"bin/*"}})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil || len(resp.HostIds) != 1 || resp.HostIds[0] != "h0" {
+		t.Fatalf("PrefetchTask: got %v, %v; want h0 asked", resp, err)
+	}
+	select {
+	case got := <-calls:
+		if got.src.DiffID != src.DiffID || got.src.Repository != src.Repository || len(got.files) != 1 || got.files[0] != "bin/*" {
+			t.Errorf("the handler got %+v; want the layer and bin/*", got)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the WarmTask never reached the handler")
+	}
+	for {
+		st, err := sp.core.GetPrefetch(t.Context(), &schedulerv1.GetPrefetchRequest{TaskId: src.DiffID.String()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := st.Hosts[0]; h.State == schedulerv1.PrefetchState_PREFETCH_STATE_DONE {
+			if h.WarmedBytes != 1234 {
+				t.Errorf("reported %d bytes warmed; want 1234", h.WarmedBytes)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the host never reported the warm done: %v", st.Hosts)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
