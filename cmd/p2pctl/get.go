@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/containerd/platforms"
 	"github.com/opencontainers/go-digest"
@@ -27,7 +28,7 @@ func newGetCommand() *cobra.Command {
 		root, platform, hostsDir, output string
 		insecure                         []string
 		layerIndex                       int
-		blob                             bool
+		blob, asJSON                     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "get IMAGE[@N]|TASK [-o FILE|-]",
@@ -56,6 +57,9 @@ registry.`,
 					ref, layerIndex = ref[:at], n
 				}
 			}
+			if asJSON && output == "-" {
+				return errors.New("--json prints a summary to stdout: write the layers to a file with -o")
+			}
 			task, isTask := digest.Digest(ref), false
 			if task.Validate() == nil {
 				if blob || cmd.Flags().Changed("layer") {
@@ -68,9 +72,15 @@ registry.`,
 				return err
 			}
 			ctx := cmd.Context()
+			report := func(results []getResult, err error) error {
+				err = errors.Join(err, closeOut(err == nil))
+				if err == nil && asJSON {
+					err = writeJSON(cmd.OutOrStdout(), results)
+				}
+				return err
+			}
 			if isTask {
-				err := stream(ctx, out, root, []seed.Source{{DiffID: task}})
-				return errors.Join(err, closeOut(err == nil))
+				return report(stream(ctx, out, root, []seed.Source{{DiffID: task}}))
 			}
 			var p ocispec.Platform
 			if platform != "" {
@@ -78,8 +88,7 @@ registry.`,
 					return errors.Join(fmt.Errorf("--platform: %w", err), closeOut(false))
 				}
 			}
-			err = get(ctx, out, ref, p, root, hostsDir, insecure, layerIndex, blob)
-			return errors.Join(err, closeOut(err == nil))
+			return report(get(ctx, out, ref, p, root, hostsDir, insecure, layerIndex, blob))
 		},
 	}
 	f := cmd.Flags()
@@ -90,6 +99,7 @@ registry.`,
 	f.IntVar(&layerIndex, "layer", -1, "write only this layer (0 is the base)")
 	f.StringVarP(&output, "output", "o", "-", `write to FILE instead of stdout ("-")`)
 	f.BoolVar(&blob, "blob", false, "write the layer's blob as the registry stores it, not the uncompressed tar")
+	f.BoolVar(&asJSON, "json", false, "with -o FILE, print what was written, per layer, as JSON")
 	return cmd
 }
 
@@ -117,19 +127,19 @@ func openOutput(path string) (io.Writer, func(ok bool) error, error) {
 
 // get writes layer layerIndex of ref (every layer if negative) to out through the daemon at
 // root: the uncompressed tar, or the blob as stored.
-func get(ctx context.Context, out io.Writer, ref string, p ocispec.Platform, root, hostsDir string, insecure []string, layerIndex int, blob bool) error {
+func get(ctx context.Context, out io.Writer, ref string, p ocispec.Platform, root, hostsDir string, insecure []string, layerIndex int, blob bool) ([]getResult, error) {
 	opts := []registry.Option{registry.WithInsecureRegistries(insecure...)}
 	if hostsDir != "" {
 		opts = append(opts, registry.WithHostsDir(hostsDir))
 	}
 	img, err := registry.New(opts...).Resolve(ctx, ref, p)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	layers := img.Layers
 	if layerIndex >= 0 {
 		if layerIndex >= len(layers) {
-			return fmt.Errorf("layer %d: %s has %d layers", layerIndex, img.Name, len(layers))
+			return nil, fmt.Errorf("layer %d: %s has %d layers", layerIndex, img.Name, len(layers))
 		}
 		layers = layers[layerIndex : layerIndex+1]
 	}
@@ -140,16 +150,44 @@ func get(ctx context.Context, out io.Writer, ref string, p ocispec.Platform, roo
 	return stream(ctx, out, root, srcs)
 }
 
-// stream has the daemon at root write each of srcs to out, one after the other.
-func stream(ctx context.Context, out io.Writer, root string, srcs []seed.Source) error {
+// getResult is one layer get wrote, as --json prints it.
+type getResult struct {
+	DiffID  string  `json:"diff_id"`
+	Blob    string  `json:"blob,omitempty"` // with --blob
+	Bytes   int64   `json:"bytes"`
+	Seconds float64 `json:"seconds"`
+}
+
+// stream has the daemon at root write each of srcs to out, one after the other, with a
+// progress bar on stderr when it is a terminal.
+func stream(ctx context.Context, out io.Writer, root string, srcs []seed.Source) ([]getResult, error) {
 	daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
 	if err := daemon.Ping(ctx); err != nil {
-		return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
+		return nil, fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
 	}
-	for _, src := range srcs {
-		if _, err := daemon.Stream(ctx, out, src); err != nil {
-			return err
+	var results []getResult
+	for i, src := range srcs {
+		r := getResult{DiffID: src.DiffID.String()}
+		var total int64 // a layer's tar is as long as its stream: not known here
+		if src.RandomAccess {
+			r.Blob, total = src.Blob.Digest.String(), src.Blob.Size
 		}
+		w := out
+		var bar *progress
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			bar = newProgress(os.Stderr, fmt.Sprintf("layer %d", i), total)
+			w = bar.writer(out)
+		}
+		start := time.Now()
+		n, err := daemon.Stream(ctx, w, src)
+		if bar != nil {
+			bar.done()
+		}
+		if err != nil {
+			return results, err
+		}
+		r.Bytes, r.Seconds = n, time.Since(start).Seconds()
+		results = append(results, r)
 	}
-	return nil
+	return results, nil
 }

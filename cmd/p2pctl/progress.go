@@ -36,6 +36,20 @@ func newProgress(w *os.File, label string, total int64) *progress {
 
 func (p *progress) reader(r io.Reader) io.Reader { return &countingReader{r: r, n: &p.n} }
 
+// writer returns w counting what is written to it as progress.
+func (p *progress) writer(w io.Writer) io.Writer { return &countingWriter{w: w, n: &p.n} }
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	c.n.Add(int64(n))
+	return n, err
+}
+
 // set records how far the work is: done of total bytes.
 func (p *progress) set(done, total int64) {
 	p.n.Store(done)

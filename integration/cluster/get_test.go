@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
@@ -79,10 +80,19 @@ func TestGetBlobToAFile(t *testing.T) {
 	var served []int64
 	for _, d := range c.Peers {
 		path := filepath.Join(t.TempDir(), "layer.tar.gz")
-		out, err := d.Host.Command(ctx, filepath.Join(c.bin, "p2pctl"), "get", "--root", d.Root, "--insecure-registry", c.Registry.Addr,
-			"--blob", "-o", path, c.Registry.Addr+"/test/dist:v1@0").CombinedOutput()
+		cmd := d.Host.Command(ctx, filepath.Join(c.bin, "p2pctl"), "get", "--root", d.Root, "--insecure-registry", c.Registry.Addr,
+			"--blob", "--json", "-o", path, c.Registry.Addr+"/test/dist:v1@0")
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
 		if err != nil {
 			t.Fatalf("%s: p2pctl get --blob: %v\n%s", d.Name, err, out)
+		}
+		var written []struct {
+			Blob  string `json:"blob"`
+			Bytes int64  `json:"bytes"`
+		}
+		if err := json.Unmarshal(out, &written); err != nil || len(written) != 1 || written[0].Blob != src.Blob.Digest.String() || written[0].Bytes != src.Blob.Size {
+			t.Errorf("%s: p2pctl get --json printed %s (%v); want the blob and its %d bytes", d.Name, out, err, src.Blob.Size)
 		}
 		data, err := os.ReadFile(path)
 		if err != nil {
