@@ -42,10 +42,10 @@ to disk on this node.
 IMAGE@N, or --layer N, writes only layer N (0 is the base); otherwise every layer follows the
 one before, which "tar -xi" reads as one archive. TASK, a layer's diffID ("sha256:<hex>"),
 writes that layer with no image to resolve and no registry: from this node if it holds it,
-else from peers the scheduler names (it waits for one that holds it). --blob writes the layer's blob as the
-registry stores it (gzip, zstd, eStargz...), checked against the blob digest, instead of the
-uncompressed tar: its blocks too come from peers, and one node, the blob's origin, reads the
-registry.`,
+else from peers the scheduler names (it waits for one that holds it). --blob writes the
+layer's blob as the registry stores it (gzip, zstd, eStargz...), checked against the blob
+digest, instead of the uncompressed tar: its blocks too come from peers, and one node, the
+blob's origin, reads the registry. A progress bar shows on a terminal.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref := args[0]
