@@ -190,10 +190,11 @@ func prefetchFleet(ctx context.Context, out io.Writer, addr string, img *registr
 			case <-time.After(200 * time.Millisecond):
 			}
 		}
-		warm := 0
+		warm, warmed := 0, uint64(0)
 		for _, h := range st.Hosts {
 			if h.State == schedulerv1.PrefetchState_PREFETCH_STATE_DONE {
 				warm++
+				warmed += h.WarmedBytes
 			}
 		}
 		if warm < len(resp.HostIds) {
@@ -201,7 +202,8 @@ func prefetchFleet(ctx context.Context, out io.Writer, addr string, img *registr
 		}
 		results = append(results, fleetResult{Layer: i, DiffID: task, Hosts: st.Hosts})
 		if !asJSON {
-			fmt.Fprintf(out, "layer %d %s  warm on %d of %d hosts in %.2f s\n", i, shortID(l.Descriptor.Digest.String()), warm, len(resp.HostIds), time.Since(start).Seconds())
+			fmt.Fprintf(out, "layer %d %s  warm on %d of %d hosts in %.2f s (%s warmed in all)\n", i, shortID(l.Descriptor.Digest.String()),
+				warm, len(resp.HostIds), time.Since(start).Seconds(), size(warmed))
 			for _, h := range st.Hosts {
 				if h.State != schedulerv1.PrefetchState_PREFETCH_STATE_DONE {
 					fmt.Fprintf(out, "  %s: FAILED: %s\n", h.HostId, h.Message)
