@@ -156,7 +156,7 @@ func (n *Node) blobFromParents(src seed.Source) (*blobTask, error) {
 		return bt, nil
 	}
 	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: src.Blob.Size, BlockSize: int64(n.cache.BlockSize()), ReaderVerifies: true}, randomAccess{n.sched},
-		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched), fetch.WithNoParentTimeout(blobParentWait))
+		n.fetchOptions(fetch.WithNoParentTimeout(blobParentWait))...)
 	if err != nil {
 		return nil, fmt.Errorf("blob %s: %w", src.Blob.Digest, err)
 	}
@@ -250,11 +250,13 @@ type originFill struct {
 	// landing, if set, learns of each block filled, so that this node's children may ask it
 	// for the block (on a node that is not the origin, whose every block is held anyway).
 	landing interface{ Landed(layer.TaskID, int) }
+	// observe, if set, is told how long each read took.
+	observe func(source string, took time.Duration)
 }
 
 func (n *Node) originFill(src seed.Source, tellLanding bool) *originFill {
 	o := &originFill{ranges: n.ranges, host: src.Host, repository: src.Repository, dgst: src.Blob.Digest, size: src.Blob.Size,
-		blockSize: int64(n.cache.BlockSize())}
+		blockSize: int64(n.cache.BlockSize()), observe: n.observe}
 	if tellLanding {
 		o.landing = n.registry
 	}
@@ -263,6 +265,7 @@ func (n *Node) originFill(src seed.Source, tellLanding bool) *originFill {
 
 // readAt reads p, which lies within the blob, from offset off: one Range request.
 func (o *originFill) readAt(ctx context.Context, p []byte, off int64) error {
+	start := time.Now()
 	rc, err := o.ranges.ReadBlobRange(ctx, o.host, o.repository, o.dgst, off, int64(len(p)))
 	if err != nil {
 		return err
@@ -270,6 +273,9 @@ func (o *originFill) readAt(ctx context.Context, p []byte, off int64) error {
 	defer rc.Close()
 	if _, err := io.ReadFull(rc, p); err != nil {
 		return fmt.Errorf("blob %s at %d: %w", o.dgst, off, err)
+	}
+	if o.observe != nil {
+		o.observe(SourceRegistry, time.Since(start))
 	}
 	return nil
 }

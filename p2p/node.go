@@ -71,6 +71,8 @@ type Node struct {
 
 	ranges BlobRanges // reads blobs at random (Blob); nil if this node does not
 	stargz bool       // eStargz layers are mounted from their TOC (WithStargzLayers)
+	// observe is told how long each block fetched took and where it came from, or nil.
+	observe func(source string, took time.Duration)
 
 	mu     sync.Mutex
 	layers map[layer.TaskID]*seed.Layer // layers read from peers, one fetcher each
@@ -79,6 +81,34 @@ type Node struct {
 
 // NodeOption configures a Node.
 type NodeOption func(*Node)
+
+// Sources of a block, as WithFetchObserver names them.
+const (
+	SourcePeer     = "peer"
+	SourceSeed     = "seed"     // a parent reading the registry
+	SourceRegistry = "registry" // this node reading the registry, a range of a blob
+)
+
+// WithFetchObserver calls observe for each block this node fetches from a parent, and each
+// range of a blob it reads from the registry, with where it came from and how long it took.
+func WithFetchObserver(observe func(source string, took time.Duration)) NodeOption {
+	return func(nd *Node) { nd.observe = observe }
+}
+
+// fetchOptions are the options of every fetcher of this node.
+func (n *Node) fetchOptions(more ...fetch.Option) []fetch.Option {
+	opts := []fetch.Option{fetch.WithLanding(n.registry), fetch.WithReporter(n.sched)}
+	if n.observe != nil {
+		opts = append(opts, fetch.WithObserver(func(p fetch.Parent, took time.Duration) {
+			src := SourcePeer
+			if p.Source {
+				src = SourceSeed
+			}
+			n.observe(src, took)
+		}))
+	}
+	return append(opts, more...)
+}
 
 // WithWindow sets how many blocks Warm keeps in flight (default 16).
 func WithWindow(n int) NodeOption { return func(nd *Node) { nd.window = max(n, 1) } }
@@ -97,6 +127,9 @@ func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Stor
 
 // DownloadRate is the rate at which this node has been receiving blocks from peers, bytes/s.
 func (n *Node) DownloadRate() int64 { return n.client.DownloadRate() }
+
+// DownloadedBytes is how many bytes of blocks this node has received from peers.
+func (n *Node) DownloadedBytes() int64 { return n.client.DownloadedBytes() }
 
 // Close closes the node's connections to peers.
 func (n *Node) Close() error { return n.client.Close() }
@@ -155,7 +188,7 @@ func (n *Node) peerLayer(task layer.TaskID, x *layer.Index) (*seed.Layer, error)
 		return l, nil
 	}
 	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: x.Blocks.Size, BlockSize: x.Blocks.BlockSize, Digests: x.Blocks.Digests}, n.sched,
-		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
+		n.fetchOptions()...)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", task, err)
 	}
@@ -335,7 +368,7 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (_ layer.BlockTable, known []fetch.Parent, _ error) {
 	bs := int64(n.cache.BlockSize())
 	f, err := fetch.New(n.client, fetch.Task{ID: task, Size: -1, BlockSize: bs}, n.sched,
-		fetch.WithLanding(n.registry), fetch.WithReporter(n.sched))
+		n.fetchOptions()...)
 	if err != nil {
 		return layer.BlockTable{}, nil, err
 	}

@@ -43,6 +43,10 @@ type Config struct {
 	Lazy LazyConfig `toml:"lazy"`
 	// P2P configures the peer-to-peer network.
 	P2P P2PConfig `toml:"p2p"`
+	// Metrics serves Prometheus metrics; Debug serves Go's pprof profiles. Both are off
+	// while their address is empty, as containerd's [metrics] and [debug].
+	Metrics MetricsConfig `toml:"metrics"`
+	Debug   DebugConfig   `toml:"debug"`
 }
 
 // P2PConfig configures this node as a peer: its block service, its scheduler, and what it
@@ -75,6 +79,19 @@ type P2PConfig struct {
 	// 0 if unknown; the scheduler weighs parents by their free upload bandwidth.
 	UploadCapacity   ByteSize `toml:"upload_capacity"`
 	DownloadCapacity ByteSize `toml:"download_capacity"`
+}
+
+// MetricsConfig configures the Prometheus endpoint.
+type MetricsConfig struct {
+	// Address is the host:port serving /metrics; empty for none.
+	Address string `toml:"address"`
+}
+
+// DebugConfig configures the diagnostics endpoint.
+type DebugConfig struct {
+	// Address is the host:port serving /debug/pprof/; empty for none. Profiles show memory
+	// and goroutines: bind it to loopback.
+	Address string `toml:"address"`
 }
 
 // MirrorConfig configures the registry mirror that containerd is pointed at with hosts.toml;
@@ -166,9 +183,12 @@ func (c *Config) Validate() error {
 	if !filepath.IsAbs(c.Address) {
 		errs = append(errs, fmt.Errorf("address = %q: must be an absolute socket path", c.Address))
 	}
-	if c.Mirror.Address != "" {
-		if _, _, err := net.SplitHostPort(c.Mirror.Address); err != nil {
-			errs = append(errs, fmt.Errorf("mirror.address = %q: %w", c.Mirror.Address, err))
+	for _, a := range []struct{ key, addr string }{{"mirror.address", c.Mirror.Address}, {"metrics.address", c.Metrics.Address}, {"debug.address", c.Debug.Address}} {
+		if a.addr == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(a.addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s = %q: %w", a.key, a.addr, err))
 		}
 	}
 	if c.Cache.BlockSize < layer.MinBlockSize || c.Cache.BlockSize > layer.MaxBlockSize {

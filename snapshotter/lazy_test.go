@@ -122,7 +122,7 @@ func (env *lazyEnv) labels(i int) map[string]string {
 
 // open starts what a daemon runs: a block cache, a layer store, an in-process FUSE mounter and
 // the snapshotter. The returned stop stops them all, as a daemon (and its FUSE manager) exit.
-func (env *lazyEnv) open(t *testing.T, root string) (*Snapshotter, func()) {
+func (env *lazyEnv) open(t *testing.T, root string, opts ...Option) (*Snapshotter, func()) {
 	t.Helper()
 	cache, err := blockcache.New(8<<20, blockcache.WithBlockSize(64<<10))
 	if err != nil {
@@ -134,7 +134,7 @@ func (env *lazyEnv) open(t *testing.T, root string) (*Snapshotter, func()) {
 		t.Fatal(err)
 	}
 	mounter := fusemanager.NewMounter(store)
-	sn, err := New(context.Background(), root, WithLazyLayers(mounter, NewLabelResolver(client), time.Minute))
+	sn, err := New(context.Background(), root, append([]Option{WithLazyLayers(mounter, NewLabelResolver(client), time.Minute)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +170,8 @@ func TestLazyLayersAsContainerdUnpacksThem(t *testing.T) {
 	env := newLazyEnv(t)
 	ctx := namespaces.WithNamespace(context.Background(), "test")
 	root := t.TempDir()
-	sn, stop := env.open(t, root)
+	var outcomes outcomeCounts
+	sn, stop := env.open(t, root, WithLayerOutcomes(outcomes.add))
 
 	parent := ""
 	for i, l := range env.image.Layers {
@@ -187,6 +188,9 @@ func TestLazyLayersAsContainerdUnpacksThem(t *testing.T) {
 			t.Fatalf("layer %d: labels %v parent %q", i, info.Labels, info.Parent)
 		}
 		parent = l.ChainID.String()
+	}
+	if got := outcomes.get("lazy"); got != len(env.image.Layers) {
+		t.Errorf("%d layers counted lazy; want %d", got, len(env.image.Layers))
 	}
 	checkRootfs(t, ctx, sn, parent, env.big)
 	if got := env.blobGets.Load(); got != 2 {
@@ -282,7 +286,13 @@ func TestUnknownLayerFallsBackToNormalSnapshot(t *testing.T) {
 	requireFUSE(t)
 	env := newLazyEnv(t)
 	ctx := namespaces.WithNamespace(context.Background(), "test")
-	sn, _ := env.open(t, t.TempDir())
+	var outcomes outcomeCounts
+	sn, _ := env.open(t, t.TempDir(), WithLayerOutcomes(outcomes.add))
+	defer func() {
+		if lazy, others := outcomes.get("lazy"), outcomes.get("unknown")+outcomes.get("fallback"); lazy != 0 || others != 4 {
+			t.Errorf("counted %d lazy and %d unknown or fallback; want 0 and 4", lazy, others)
+		}
+	}()
 	for name, labels := range map[string]map[string]string{
 		"no CRI labels": {LabelTargetRef: env.image.Layers[0].ChainID.String()},
 		"wrong chain ID": func() map[string]string {
@@ -309,3 +319,25 @@ func TestUnknownLayerFallsBackToNormalSnapshot(t *testing.T) {
 		})
 	}
 }
+
+// outcomeCounts counts the outcomes a Snapshotter reports (WithLayerOutcomes).
+type outcomeCounts struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (o *outcomeCounts) add(outcome string) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.n == nil {
+		o.n = map[string]int{}
+	}
+	o.n[outcome]++
+}
+
+func (o *outcomeCounts) get(outcome string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.n[outcome]
+}
+

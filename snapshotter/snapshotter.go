@@ -37,6 +37,7 @@ type Snapshotter struct {
 	layers   LayerMounter // nil: lazy layers disabled
 	resolver LayerResolver
 	timeout  time.Duration
+	outcome  func(string) // told how each layer containerd prepares is served, or nil
 }
 
 // LayerMounter mounts lazily pulled layers on directories. fusemanager.Mounter (in this
@@ -71,6 +72,13 @@ func WithLazyLayers(layers LayerMounter, resolver LayerResolver, timeout time.Du
 	}
 }
 
+// WithLayerOutcomes calls observe for each layer containerd prepares with what happened to
+// it: "lazy" (mounted lazily), "fallback" (the lazy path failed) or "unknown" (no source
+// known), as package snapshotter/metrics counts them.
+func WithLayerOutcomes(observe func(outcome string)) Option {
+	return func(s *Snapshotter) { s.outcome = observe }
+}
+
 // New opens (or creates) the snapshotter's state under root. Lazily mounted layers committed
 // before are mounted again.
 func New(ctx context.Context, root string, opts ...Option) (*Snapshotter, error) {
@@ -103,6 +111,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if target, ok := base.Labels[LabelTargetRef]; ok && s.layers != nil {
 		err := s.prepareLazy(ctx, key, parent, target, base.Labels, opts)
 		if err == nil {
+			s.observe("lazy")
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
 		if ctx.Err() != nil {
@@ -110,12 +119,20 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		}
 		entry := log.G(ctx).WithFields(log.Fields{"key": key, "target": target})
 		if errdefs.IsNotFound(err) {
+			s.observe("unknown")
 			entry.WithError(err).Debug("layer source unknown; unpacking normally")
 		} else {
+			s.observe("fallback")
 			entry.WithError(err).Warn("lazy mount failed; unpacking normally")
 		}
 	}
 	return s.Snapshotter.Prepare(ctx, key, parent, opts...)
+}
+
+func (s *Snapshotter) observe(outcome string) {
+	if s.outcome != nil {
+		s.outcome(outcome)
+	}
 }
 
 // Remove removes a snapshot, unmounting its lazily mounted layer first.

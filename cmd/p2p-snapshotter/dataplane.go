@@ -22,6 +22,7 @@ import (
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/metrics"
 )
 
 // dataPlaneParts is what holds this node's blocks, in whichever process serves FUSE: the
@@ -31,7 +32,14 @@ type dataPlaneParts struct {
 	mounter *fusemanager.Mounter
 	blobs   *blobs.Server
 	node    *p2p.Node
+	metrics *metrics.DataPlane
 	close   func()
+}
+
+// serveOptions are what the data plane's control socket serves besides mounts.
+func (d *dataPlaneParts) serveOptions() []fusemanager.ServeOption {
+	return []fusemanager.ServeOption{fusemanager.WithBlobs(d.blobs), fusemanager.WithWarmer(d.node), fusemanager.WithStreamer(d.node),
+		fusemanager.WithPrefetcher(d.node), fusemanager.WithMetrics(d.metrics.Handler())}
 }
 
 // newDataPlane builds the data plane from cfg. With p2p.address set it serves blocks to
@@ -91,7 +99,17 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 			sched = c
 		}
 	}
-	nopts := []p2p.NodeOption{p2p.WithBlobRanges(client)}
+	src := metrics.Sources{Cache: cache, CacheSize: int64(cfg.Cache.Size), Downloaded: func() int64 {
+		if n := nodeRef.Load(); n != nil {
+			return n.DownloadedBytes()
+		}
+		return 0
+	}}
+	if server != nil {
+		src.Uploaded = server.UploadedBytes
+	}
+	dm := metrics.NewDataPlane(src)
+	nopts := []p2p.NodeOption{p2p.WithBlobRanges(client), p2p.WithFetchObserver(dm.ObserveFetch)}
 	if cfg.Lazy.Stargz {
 		nopts = append(nopts, p2p.WithStargzLayers())
 	}
@@ -105,7 +123,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	}
 	m := fusemanager.NewMounter(node, mopts...)
 	closers = append(closers, func() error { m.Close(); return nil })
-	return &dataPlaneParts{mounter: m, blobs: bs, node: node, close: closeAll}, nil
+	return &dataPlaneParts{mounter: m, blobs: bs, node: node, metrics: dm, close: closeAll}, nil
 }
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is

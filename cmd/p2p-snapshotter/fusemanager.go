@@ -58,7 +58,7 @@ func layerMounter(ctx context.Context, cfg snapshotter.Config) (dataPlane, func(
 		served := make(chan struct{})
 		go func() {
 			defer close(served)
-			if err := fusemanager.Serve(sctx, d.mounter, ln, fusemanager.WithBlobs(d.blobs), fusemanager.WithWarmer(d.node), fusemanager.WithStreamer(d.node), fusemanager.WithPrefetcher(d.node)); err != nil {
+			if err := fusemanager.Serve(sctx, d.mounter, ln, d.serveOptions()...); err != nil {
 				log.G(ctx).WithError(err).Error("data plane control socket stopped")
 			}
 		}()
@@ -112,7 +112,7 @@ func newFuseManagerCommand() *cobra.Command {
 				return err
 			}
 			log.G(cmd.Context()).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("FUSE manager starting")
-			return fusemanager.Serve(cmd.Context(), d.mounter, ln, fusemanager.WithBlobs(d.blobs), fusemanager.WithWarmer(d.node), fusemanager.WithStreamer(d.node), fusemanager.WithPrefetcher(d.node))
+			return fusemanager.Serve(cmd.Context(), d.mounter, ln, d.serveOptions()...)
 		},
 	}
 	cmd.Flags().StringVar(&configPath, "config", "", "configuration written by the daemon")

@@ -12,8 +12,10 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -21,11 +23,14 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/metrics"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
 )
 
@@ -81,6 +86,12 @@ func newCommand() *cobra.Command {
 			if set("hosts-dir") {
 				cfg.Registry.HostsDir = flags.Registry.HostsDir
 			}
+			if set("metrics-address") {
+				cfg.Metrics.Address = flags.Metrics.Address
+			}
+			if set("debug-address") {
+				cfg.Debug.Address = flags.Debug.Address
+			}
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -95,6 +106,8 @@ func newCommand() *cobra.Command {
 	f.StringVar(&flags.Mirror.Address, "mirror-address", snapshotter.DefaultMirrorAddress, "host:port of the registry mirror containerd's hosts.toml points at; empty disables it")
 	f.StringArrayVar(&flags.Registry.Insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
 	f.StringVar(&flags.Registry.HostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
+	f.StringVar(&flags.Metrics.Address, "metrics-address", "", "host:port serving Prometheus metrics at /metrics; empty: none")
+	f.StringVar(&flags.Debug.Address, "debug-address", "", "host:port serving Go's pprof profiles at /debug/pprof/; empty: none (bind it to loopback)")
 	cmd.AddCommand(newFuseManagerCommand())
 	return cmd
 }
@@ -107,6 +120,27 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 		return fmt.Errorf("create root: %w", err)
 	}
 	var opts []snapshotter.Option
+	if cfg.Metrics.Address != "" {
+		m := metrics.New()
+		opts = append(opts, snapshotter.WithLayerOutcomes(m.LayerPrepared))
+		var dataPlane prometheus.Gatherer
+		if cfg.Lazy.Enable { // the data plane serves its metrics on its control socket
+			control := fusemanager.NewClient(filepath.Join(cfg.Root, "fuse-manager.sock"))
+			dataPlane = metrics.TextGatherer(func() (io.ReadCloser, error) { return control.Metrics(ctx) })
+		}
+		stop, err := serveHTTP(ctx, "metrics", cfg.Metrics.Address, metricsMux(m.Handler(dataPlane)))
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	if cfg.Debug.Address != "" {
+		stop, err := serveHTTP(ctx, "debug", cfg.Debug.Address, debugMux())
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	if cfg.Lazy.Enable {
 		client := newRegistryClient(cfg)
 		mounter, closeMounter, err := layerMounter(ctx, cfg)
@@ -170,6 +204,35 @@ func newRegistryClient(cfg snapshotter.Config) *registry.Client {
 		opts = append(opts, registry.WithHostsDir(cfg.Registry.HostsDir))
 	}
 	return registry.New(opts...)
+}
+
+// serveHTTP serves h on address until the returned stop is called.
+func serveHTTP(ctx context.Context, what, address string, h http.Handler) (stop func(), err error) {
+	ln, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	log.G(ctx).WithField("address", ln.Addr().String()).Infof("serving %s", what)
+	return func() { srv.Close() }, nil
+}
+
+func metricsMux(h http.Handler) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", h)
+	return mux
+}
+
+// debugMux serves Go's pprof profiles at /debug/pprof/, as containerd's [debug] address does.
+func debugMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // serveMirror serves the registry mirror on address until the returned stop is called.

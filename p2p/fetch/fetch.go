@@ -26,6 +26,9 @@ type Parent struct {
 	// Primary marks the parent to ask for every block, and wait for, while it is usable;
 	// the others stand by (the scheduler chains a DAG's peers through their primaries).
 	Primary bool
+	// Source marks a parent that reads the task from its registry: a seed, or a peer sent
+	// back to the source.
+	Source bool
 }
 
 // ParentSource supplies candidate parents for a task: the scheduler, or a fixed list.
@@ -120,6 +123,7 @@ type Fetcher struct {
 	task     Task
 	parents  ParentSource
 	reporter Reporter
+	observe  func(Parent, time.Duration)
 	landing  Landing
 	wait     time.Duration
 	noParent time.Duration
@@ -164,6 +168,12 @@ func WithReporter(r Reporter) Option { return func(f *Fetcher) { f.reporter = r 
 
 // WithLanding tells l of each verified block.
 func WithLanding(l Landing) Option { return func(f *Fetcher) { f.landing = l } }
+
+// WithObserver calls observe for each block fetched, with the parent it came from and the
+// time its transfer took (metrics of fetch latency by source).
+func WithObserver(observe func(p Parent, took time.Duration)) Option {
+	return func(f *Fetcher) { f.observe = observe }
+}
 
 // WithWait sets how long a parent may wait for a block it is still receiving.
 func WithWait(d time.Duration) Option { return func(f *Fetcher) { f.wait = d } }
@@ -321,6 +331,9 @@ func (f *Fetcher) fetchFrom(ctx context.Context, p *parentState, i int, buf []by
 	}
 	if f.reporter != nil {
 		f.reporter.BlockFetched(f.task.ID, i, p.ID, took)
+	}
+	if f.observe != nil {
+		f.observe(p.Parent, took)
 	}
 	return n, nil
 }

@@ -323,7 +323,7 @@ func parents(cs []*schedulerv1.CandidateParent) []fetch.Parent {
 	for _, cp := range cs {
 		// Every registered peer holds the task's index, with every block digest, before it
 		// fetches a block; a seed serves digests as its pass produces them.
-		out = append(out, fetch.Parent{ID: cp.GetPeerId(), Addr: cp.GetBlockAddress(), Vouches: true, Primary: cp.GetPrimary()})
+		out = append(out, fetch.Parent{ID: cp.GetPeerId(), Addr: cp.GetBlockAddress(), Vouches: true, Primary: cp.GetPrimary(), Source: cp.GetSource()})
 	}
 	return out
 }

@@ -95,6 +95,24 @@ func (c *Client) PrefetchBlocks(ctx context.Context, src seed.Source, sel p2p.Se
 	}
 }
 
+// Metrics returns the manager's data-plane metrics in the Prometheus text format; the caller
+// closes them.
+func (c *Client) Metrics(ctx context.Context) (io.ReadCloser, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://fuse-manager/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("FUSE manager metrics: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		return nil, fmt.Errorf("FUSE manager metrics: %s", responseError(resp))
+	}
+	return resp.Body, nil
+}
+
 // Unmount asks the manager to unmount the layer at dir.
 func (c *Client) Unmount(ctx context.Context, dir string) error {
 	return c.call(ctx, "unmount", mountRequest{Dir: dir})

@@ -143,6 +143,12 @@ func WithPrefetcher(p Prefetcher) ServeOption {
 	}
 }
 
+// WithMetrics also serves GET /metrics: h, the data plane's Prometheus metrics, which the
+// daemon gathers into its own (Client.Metrics).
+func WithMetrics(h http.Handler) ServeOption {
+	return func(mux *http.ServeMux) { mux.Handle("GET /metrics", h) }
+}
+
 // Streamer writes a layer's uncompressed stream. p2p.Node satisfies it.
 type Streamer interface {
 	Stream(ctx context.Context, w io.Writer, src seed.Source) (int64, error)
