@@ -340,4 +340,3 @@ func (o *outcomeCounts) get(outcome string) int {
 	defer o.mu.Unlock()
 	return o.n[outcome]
 }
-
