@@ -176,6 +176,7 @@ func (c *Cluster) startDaemon(ctx context.Context, o Options, name string, seed 
 		return nil, err
 	}
 	addr := netip.AddrPortFrom(h.Addr, blockPort).String()
+	metrics := netip.AddrPortFrom(h.Addr, metricsPort).String()
 	quoted := make([]string, len(schedulers))
 	for i, s := range schedulers {
 		quoted[i] = strconv.Quote(s)
@@ -199,15 +200,17 @@ schedulers = [%s]
 host_id = %q
 seed = %t
 upload_capacity = %q
+[metrics]
+address = %q
 `, root, filepath.Join(root, "p2p-snapshotter.sock"), o.CacheSize, o.BlockSize, c.Registry.Addr, addr,
-		strings.Join(quoted, ", "), name, seed, strconv.FormatUint(o.Limits.Up/8, 10))
+		strings.Join(quoted, ", "), name, seed, strconv.FormatUint(o.Limits.Up/8, 10), metrics)
 	cfgPath := filepath.Join(root, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
 	d := &Daemon{Name: name, Root: root, Control: fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock")),
 		argv: []string{filepath.Join(c.bin, "p2p-snapshotter"), "--config", cfgPath}}
-	d.Host, d.Addr, d.Log = h, addr, filepath.Join(o.Dir, name+".log")
+	d.Host, d.Addr, d.Log, d.Metrics = h, addr, filepath.Join(o.Dir, name+".log"), metrics
 	if err := d.Start(ctx); err != nil {
 		return nil, err
 	}

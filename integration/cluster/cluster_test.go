@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"archive/tar"
+	"bufio"
 	"context"
 	"math/rand/v2"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -125,6 +128,52 @@ func TestEightPeersOneRegistryCopy(t *testing.T) {
 	if got := c.Registry.BytesOf(src.Blob.Digest); got != src.Blob.Size {
 		t.Errorf("registry sent %d blob bytes, want exactly one copy (%d)", got, src.Blob.Size)
 	}
+
+	// The daemons' metrics tell the same story: every peer received the layer's blocks, each
+	// fetch timed by source, and the peers and the seed sent them.
+	var sent float64
+	for _, d := range append([]*Daemon{c.Seeds[0]}, c.Peers...) {
+		m, err := scrape(ctx, d.Metrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent += m["p2p_peer_upload_bytes_total"]
+		if d.Name == "seed0" {
+			continue
+		}
+		fetched := m[`p2p_block_fetch_duration_seconds_count{source="peer"}`] + m[`p2p_block_fetch_duration_seconds_count{source="seed"}`]
+		if got := m["p2p_peer_download_bytes_total"]; got < 64<<20 || fetched < 64 {
+			t.Errorf("%s's metrics: %v bytes received in %v fetches; want the 64 MiB layer's blocks", d.Name, got, fetched)
+		}
+	}
+	if sent < 8*64<<20 {
+		t.Errorf("the daemons' metrics show %v bytes sent to peers; want at least 8 copies of the layer", sent)
+	}
+}
+
+// scrape returns the samples of the Prometheus metrics at addr, by name and labels as the
+// text format writes them.
+func scrape(ctx context.Context, addr string) (map[string]float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.LastIndexByte(line, ' '); i > 0 && !strings.HasPrefix(line, "#") {
+			if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+				out[line[:i]] = v
+			}
+		}
+	}
+	return out, sc.Err()
 }
 
 // TestParentKilledMidTransfer: a peer is killed (SIGKILL) while the others fetch from it;

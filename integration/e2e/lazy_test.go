@@ -6,7 +6,9 @@ import (
 	"io"
 	"maps"
 	"net"
+	"net/http"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -22,8 +24,10 @@ import (
 // containerd pointed at the daemon's registry mirror by hosts.toml, no labels. Every layer
 // is mounted lazily from FUSE, the FUSE mounts are there while the container runs, every file
 // has the right content, and containerd never fetched a layer blob into its content store.
+// The daemon's metrics count the layers lazy and show the FUSE manager's cache at work.
 func TestLazyPullThroughMirror(t *testing.T) {
-	env, reg := setupMirror(t, containerdenv.Options{}, true)
+	metricsAddr := freeAddress(t)
+	env, reg := setupMirror(t, containerdenv.Options{SnapshotterArgs: []string{"--metrics-address", metricsAddr}}, true)
 	img := containerdenv.PushTestImage(t, reg, "test/lazy:v1")
 
 	// A container that stays up while we look at the mounts.
@@ -57,6 +61,23 @@ func TestLazyPullThroughMirror(t *testing.T) {
 		if strings.Contains(content, l.Digest) {
 			t.Errorf("containerd fetched layer %d's blob %s; a lazily mounted layer must not be downloaded", i, l.Digest)
 		}
+	}
+
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := string(body)
+	if want := fmt.Sprintf("p2p_layers_prepared_total{outcome=%q} %d\n", "lazy", len(img.Layers)); !strings.Contains(m, want) {
+		t.Errorf("the daemon's metrics have no %q", want)
+	}
+	if hits := regexp.MustCompile(`(?m)^p2p_cache_hits_total (\d+)`).FindStringSubmatch(m); hits == nil || hits[1] == "0" {
+		t.Errorf("the daemon's metrics show no cache hits (the FUSE manager's data plane): %v", hits)
 	}
 }
 
