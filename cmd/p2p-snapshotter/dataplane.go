@@ -117,7 +117,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	nodeRef.Store(node)
 	closers = append(closers, node.Close)
 	bs := blobs.New(cache, client)
-	var mopts []fusemanager.MounterOption
+	mopts := []fusemanager.MounterOption{fusemanager.WithOpObserver(dm.ObserveFUSE)}
 	if cfg.Lazy.Stargz {
 		mopts = append(mopts, fusemanager.WithStargz(node))
 	}

@@ -76,8 +76,10 @@ func TestLazyPullThroughMirror(t *testing.T) {
 	if want := fmt.Sprintf("p2p_layers_prepared_total{outcome=%q} %d\n", "lazy", len(img.Layers)); !strings.Contains(m, want) {
 		t.Errorf("the daemon's metrics have no %q", want)
 	}
-	if hits := regexp.MustCompile(`(?m)^p2p_cache_hits_total (\d+)`).FindStringSubmatch(m); hits == nil || hits[1] == "0" {
-		t.Errorf("the daemon's metrics show no cache hits (the FUSE manager's data plane): %v", hits)
+	for _, counter := range []string{`p2p_cache_hits_total`, `p2p_fuse_operation_duration_seconds_count\{op="read"\}`, `p2p_fuse_operation_duration_seconds_count\{op="lookup"\}`} {
+		if v := regexp.MustCompile(`(?m)^` + counter + ` (\d+)`).FindStringSubmatch(m); v == nil || v[1] == "0" {
+			t.Errorf("the daemon's metrics show no %s (the FUSE manager's data plane): %v", counter, v)
+		}
 	}
 }
 

@@ -33,8 +33,9 @@ type StargzOpener interface {
 
 // Mounter mounts layers from a LayerStore over FUSE. It is safe for concurrent use.
 type Mounter struct {
-	store  LayerStore
-	stargz StargzOpener // nil: every layer through the store
+	store   LayerStore
+	stargz  StargzOpener // nil: every layer through the store
+	observe func(op string, took time.Duration)
 
 	mu     sync.Mutex
 	mounts map[string]mounted // by directory
@@ -63,6 +64,12 @@ type MounterOption func(*Mounter)
 // WithStargz mounts eStargz and zstd:chunked layers from their TOC with o, reading only what
 // is read, instead of seeding them with a pass over the whole blob.
 func WithStargz(o StargzOpener) MounterOption { return func(m *Mounter) { m.stargz = o } }
+
+// WithOpObserver has every mount report how long each FUSE lookup, read and listing took
+// (layerfs.WithOpObserver).
+func WithOpObserver(observe func(op string, took time.Duration)) MounterOption {
+	return func(m *Mounter) { m.observe = observe }
+}
 
 // NewMounter returns a Mounter serving layers of store.
 func NewMounter(store LayerStore, opts ...MounterOption) *Mounter {
@@ -184,7 +191,8 @@ func (m *Mounter) mount(ctx context.Context, dir string, x *layer.Index, r layer
 		return fmt.Errorf("mount layer %s at %s: layer %s is mounted there", x.DiffID, dir, cur.diffID)
 	}
 	detachStale(dir)
-	fs, err := layerfs.Mount(ctx, dir, x, r, layerfs.WithFSName("p2p:"+x.DiffID.Encoded()[:12]), layerfs.WithLowerDirs(lowerDirs))
+	fs, err := layerfs.Mount(ctx, dir, x, r, layerfs.WithFSName("p2p:"+x.DiffID.Encoded()[:12]), layerfs.WithLowerDirs(lowerDirs),
+		layerfs.WithOpObserver(m.observe))
 	if err != nil {
 		return fmt.Errorf("mount layer %s at %s: %w", x.DiffID, dir, err)
 	}

@@ -55,6 +55,20 @@ type config struct {
 	debug        bool
 	userXattr    bool
 	lowerDirs    []string
+	observe      func(op string, took time.Duration)
+}
+
+// Operations WithOpObserver times.
+const (
+	OpLookup  = "lookup"
+	OpRead    = "read"
+	OpReaddir = "readdir"
+)
+
+// WithOpObserver calls observe with the time each lookup, read and directory listing took to
+// answer (metrics of FUSE latency). A read's time includes fetching the blocks it needed.
+func WithOpObserver(observe func(op string, took time.Duration)) Option {
+	return func(c *config) { c.observe = observe }
 }
 
 // WithLowerDirs names the directories of the layers below this one, upper-most first (the
@@ -124,6 +138,7 @@ func NewRoot(x *layer.Index, r StreamReader, opts ...Option) (fs.InodeEmbedder, 
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: %w", x.DiffID, err)
 	}
+	t.observe = c.observe
 	return t.rootNode(), nil
 }
 
@@ -156,6 +171,7 @@ func Mount(ctx context.Context, dir string, x *layer.Index, r StreamReader, opts
 	if err != nil {
 		return nil, fmt.Errorf("mount layer %s at %s: %w", x.DiffID, dir, err)
 	}
+	t.observe = c.observe
 	fsOpts := fuseOptions(&c, logger)
 	server, err := fuse.NewServer(fs.NewNodeFS(t.rootNode(), fsOpts), dir, &fsOpts.MountOptions)
 	if err != nil {

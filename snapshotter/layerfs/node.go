@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path"
 	"syscall"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -74,6 +75,7 @@ var (
 // Lookup finds a child by name in the index. Names of the tar whiteout form (".wh.*") do
 // not exist: whiteouts are looked up by the name they hide.
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	defer d.t.timed(OpLookup, time.Now())
 	if hidden(name) {
 		return nil, syscall.ENOENT
 	}
@@ -97,6 +99,7 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 // OpendirHandle lists the directory once per open. The kernel may cache the listing
 // (FOPEN_CACHE_DIR): it never changes.
 func (d *dirNode) OpendirHandle(_ context.Context, _ uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	defer d.t.timed(OpReaddir, time.Now())
 	entries, err := d.list()
 	if err != nil {
 		d.t.log.WithError(err).WithField("path", d.e.Name).Error("layerfs: readdir failed, returning EIO")
@@ -193,6 +196,7 @@ func (f *fileNode) Open(_ context.Context, flags uint32) (fs.FileHandle, uint32,
 
 // Read reads the file's bytes at off from the stream, straight into the request's buffer.
 func (f *fileNode) Read(ctx context.Context, _ fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	defer f.t.timed(OpRead, time.Now())
 	size := f.e.Size
 	if off < 0 {
 		return nil, syscall.EINVAL

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/containerd/log"
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -42,6 +43,15 @@ type tree struct {
 	root  *layer.Entry
 	pos   map[*layer.Entry]int // an entry's place in x.Entries; its inode number is pos+1
 	nlink []uint32             // by place: the names of a file, 2 + subdirectories of a dir
+
+	observe func(op string, took time.Duration) // WithOpObserver, or nil
+}
+
+// timed reports how long op took since start, if anyone asked (defer t.timed(op, time.Now())).
+func (t *tree) timed(op string, start time.Time) {
+	if t.observe != nil {
+		t.observe(op, time.Since(start))
+	}
 }
 
 func newTree(x *layer.Index, r StreamReader, logger *log.Entry, userXattr bool) (*tree, error) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 )
 
 // Namespace prefixes every metric of the daemon.
@@ -87,6 +88,13 @@ func (m *Metrics) Handler(dataPlane prometheus.Gatherer) http.Handler {
 type DataPlane struct {
 	reg   *prometheus.Registry
 	fetch *prometheus.HistogramVec
+	fuse  *prometheus.HistogramVec
+}
+
+// FUSEBuckets returns the upper bounds, in seconds, of the FUSE operation latency histogram:
+// 10 µs (from memory) to 10 s (a read waiting for its blocks from afar).
+func FUSEBuckets() []float64 {
+	return []float64{10e-6, 50e-6, 100e-6, 500e-6, 1e-3, 5e-3, 10e-3, 50e-3, 100e-3, 500e-3, 1, 5, 10}
 }
 
 // NewDataPlane returns the data plane's metrics, reading src at each scrape.
@@ -99,11 +107,24 @@ func NewDataPlane(src Sources) *DataPlane {
 			Buckets: FetchBuckets(),
 		}, []string{"source"}),
 	}
+	d.fuse = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: Namespace, Name: "fuse_operation_duration_seconds",
+		Help:    "Time a lazily mounted layer took to answer a FUSE lookup, read or directory listing; a read includes fetching its blocks.",
+		Buckets: FUSEBuckets(),
+	}, []string{"op"})
 	for _, s := range []string{p2p.SourcePeer, p2p.SourceSeed, p2p.SourceRegistry} {
 		d.fetch.WithLabelValues(s)
 	}
-	d.reg.MustRegister(d.fetch, &collector{src: src})
+	for _, op := range []string{layerfs.OpLookup, layerfs.OpRead, layerfs.OpReaddir} {
+		d.fuse.WithLabelValues(op)
+	}
+	d.reg.MustRegister(d.fetch, d.fuse, &collector{src: src})
 	return d
+}
+
+// ObserveFUSE records a FUSE operation that took took (fusemanager.WithOpObserver).
+func (d *DataPlane) ObserveFUSE(op string, took time.Duration) {
+	d.fuse.WithLabelValues(op).Observe(took.Seconds())
 }
 
 // ObserveFetch records a block fetched from source in took (p2p.WithFetchObserver).

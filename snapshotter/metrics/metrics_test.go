@@ -10,6 +10,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/metrics"
 )
 
@@ -46,6 +47,7 @@ func TestDaemonGathersTheDataPlane(t *testing.T) {
 	dp.ObserveFetch(p2p.SourceSeed, 30*time.Millisecond)
 	dp.ObserveFetch(p2p.SourceSeed, 3*time.Millisecond)
 	dp.ObserveFetch(p2p.SourceRegistry, 200*time.Millisecond)
+	dp.ObserveFUSE(layerfs.OpRead, 2*time.Millisecond)
 	manager := httptest.NewServer(dp.Handler())
 	defer manager.Close()
 
@@ -80,6 +82,8 @@ func TestDaemonGathersTheDataPlane(t *testing.T) {
 		`p2p_block_fetch_duration_seconds_bucket{source="seed",le="0.005"} 1`,
 		`p2p_block_fetch_duration_seconds_count{source="registry"} 1`,
 		`p2p_block_fetch_duration_seconds_count{source="peer"} 0`,
+		`p2p_fuse_operation_duration_seconds_count{op="read"} 1`,
+		`p2p_fuse_operation_duration_seconds_count{op="lookup"} 0`,
 		`go_goroutines \d+`,
 	} {
 		if !regexp.MustCompile(`(?m)^` + want + `$`).MatchString(got) {
