@@ -147,9 +147,19 @@ func DefaultConfig() Config {
 	}
 }
 
-// LoadConfig reads a TOML file over the defaults. Unknown keys are errors that name the
-// key and its line, so a typo does not silently fall back to a default.
+// LoadConfig reads a TOML file over the defaults and validates the result. Unknown keys are
+// errors that name the key and its line, so a typo does not silently fall back to a default.
 func LoadConfig(path string) (Config, error) {
+	cfg, err := ReadConfig(path)
+	if err != nil {
+		return cfg, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// ReadConfig is LoadConfig without the validation, for a caller that applies flags over the
+// file first and validates the whole (a file may leave p2p.advertise_address to a flag).
+func ReadConfig(path string) (Config, error) {
 	cfg := DefaultConfig()
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -168,7 +178,7 @@ func LoadConfig(path string) (Config, error) {
 		}
 		return cfg, fmt.Errorf("config %s: %w", path, err)
 	}
-	return cfg, cfg.Validate()
+	return cfg, nil
 }
 
 // Validate checks values that would otherwise fail later and less clearly.

@@ -62,7 +62,7 @@ func newCommand() *cobra.Command {
 			cfg := snapshotter.DefaultConfig()
 			if configPath != "" {
 				var err error
-				if cfg, err = snapshotter.LoadConfig(configPath); err != nil {
+				if cfg, err = snapshotter.ReadConfig(configPath); err != nil { // validated below, with the flags
 					return err
 				}
 			}
@@ -92,6 +92,9 @@ func newCommand() *cobra.Command {
 			if set("debug-address") {
 				cfg.Debug.Address = flags.Debug.Address
 			}
+			if set("advertise-address") {
+				cfg.P2P.AdvertiseAddress = flags.P2P.AdvertiseAddress
+			}
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -107,6 +110,7 @@ func newCommand() *cobra.Command {
 	f.StringArrayVar(&flags.Registry.Insecure, "insecure-registry", nil, "registry (host or host:port) reached over plain HTTP; repeatable")
 	f.StringVar(&flags.Registry.HostsDir, "hosts-dir", "", "containerd certs.d directory of hosts.toml files")
 	f.StringVar(&flags.Metrics.Address, "metrics-address", "", "host:port serving Prometheus metrics at /metrics; empty: none")
+	f.StringVar(&flags.P2P.AdvertiseAddress, "advertise-address", "", "host:port other peers dial for this node's blocks (p2p.advertise_address), e.g. the node's IP in a DaemonSet")
 	f.StringVar(&flags.Debug.Address, "debug-address", "", "host:port serving Go's pprof profiles at /debug/pprof/; empty: none (bind it to loopback)")
 	cmd.AddCommand(newFuseManagerCommand())
 	return cmd
