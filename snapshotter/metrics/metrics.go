@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -172,6 +174,8 @@ var (
 	descCacheLimit     = desc("cache_limit_bytes", "The cache's bound.")
 	descUploaded       = desc("peer_upload_bytes_total", "Bytes of blocks sent to peers.")
 	descDownloaded     = desc("peer_download_bytes_total", "Bytes of blocks received from peers and seeds.")
+	descGoroutines     = desc("data_plane_goroutines", "Goroutines of the process that holds the data plane (the FUSE manager).")
+	descOpenFDs        = desc("data_plane_open_fds", "Open file descriptors of the process that holds the data plane (the FUSE manager).")
 )
 
 func desc(name, help string) *prometheus.Desc {
@@ -180,7 +184,7 @@ func desc(name, help string) *prometheus.Desc {
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descCacheHits, descCacheMisses, descCacheWaits, descCacheEvictions, descCacheFillFails,
-		descCacheBytes, descCacheBlocks, descCacheLimit, descUploaded, descDownloaded} {
+		descCacheBytes, descCacheBlocks, descCacheLimit, descUploaded, descDownloaded, descGoroutines, descOpenFDs} {
 		ch <- d
 	}
 }
@@ -201,5 +205,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if c.src.Downloaded != nil {
 		ch <- prometheus.MustNewConstMetric(descDownloaded, prometheus.CounterValue, float64(c.src.Downloaded()))
+	}
+	ch <- prometheus.MustNewConstMetric(descGoroutines, prometheus.GaugeValue, float64(runtime.NumGoroutine()))
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		ch <- prometheus.MustNewConstMetric(descOpenFDs, prometheus.GaugeValue, float64(len(fds)))
 	}
 }

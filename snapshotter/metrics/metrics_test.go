@@ -85,6 +85,8 @@ func TestDaemonGathersTheDataPlane(t *testing.T) {
 		`p2p_fuse_operation_duration_seconds_count{op="read"} 1`,
 		`p2p_fuse_operation_duration_seconds_count{op="lookup"} 0`,
 		`go_goroutines \d+`,
+		`p2p_data_plane_goroutines \d+`,
+		`p2p_data_plane_open_fds \d+`,
 	} {
 		if !regexp.MustCompile(`(?m)^` + want + `$`).MatchString(got) {
 			t.Errorf("/metrics has no line %q", want)
