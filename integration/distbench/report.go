@@ -10,9 +10,9 @@ import (
 
 // line is a run's one-line summary.
 func (r result) line() string {
-	s := fmt.Sprintf("%d peers, %s, run %d: %.1f s, T* %.1f s, %.2f× T*; registry/blob %.2f; seed pass %.1f s; peers done %.1f–%.1f s; seed %.0f%% of upload; CPU %.2f busy cores (ours %.2f), saturated %.0f%% of the time",
+	s := fmt.Sprintf("%d peers, %s, run %d: %.1f s, T* %.1f s, %.2f× T*; registry/blob %.2f; seed pass %.1f s; peers done %.1f–%.1f s; seed %.0f%% of upload; CPU %.2f busy cores (ours %.2f), saturated %.0f%% of the time; peak RSS seed %s, peers up to %s (cache %s)",
 		r.Peers, r.Mode, r.Run, r.Seconds, r.Bound, r.Ratio, r.RegistryRatio, r.SeedPass, r.PeerFirst, r.PeerLast,
-		100*r.SeedShare, r.CPU.Busy, r.CPU.Procs, 100*r.CPU.Saturated)
+		100*r.SeedShare, r.CPU.Busy, r.CPU.Procs, 100*r.CPU.Saturated, bytesText(r.SeedPeak), bytesText(r.PeerPeak), bytesText(r.CacheBytes))
 	if len(r.Errors) > 0 {
 		s += fmt.Sprintf("; %d PEERS FAILED: %s", len(r.Errors), strings.Join(r.Errors, "; "))
 	}

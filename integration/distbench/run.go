@@ -20,6 +20,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/p2pimage/p2p-snapshotter/integration/cluster"
+	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
 	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
 	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
@@ -68,6 +69,12 @@ type result struct {
 	// CPU over the distribution window; Procs counts the daemons, the scheduler and this
 	// process (which serves the registry).
 	CPU cpuUse `json:"cpu"`
+	// SeedPeak and PeerPeak are the largest resident memory (VmHWM) of the seed's daemon and
+	// of any peer's over the run, each holding its data plane in-process; CacheBytes their
+	// block cache's bound.
+	SeedPeak   int64 `json:"seed_peak_rss"`
+	PeerPeak   int64 `json:"peer_peak_rss"`
+	CacheBytes int64 `json:"cache_bytes"`
 	// Reparentings and ProviderLost count the scheduler's "parent slow: reparenting its
 	// children" and "the task's last good provider went bad" decisions (its log).
 	Reparentings int `json:"slow_parent_reparentings"`
@@ -219,6 +226,15 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 		return r, err
 	}
 
+	r.CacheBytes = cache
+	if m, err := containerdenv.ReadProcMemory(c.Seeds[0].Proc.Pid); err == nil {
+		r.SeedPeak = m.HWM
+	}
+	for _, p := range c.Peers {
+		if m, err := containerdenv.ReadProcMemory(p.Proc.Pid); err == nil {
+			r.PeerPeak = max(r.PeerPeak, m.HWM)
+		}
+	}
 	r.Seconds = elapsed.Seconds()
 	r.Ratio = r.Seconds / r.Bound
 	r.RegistryBytes = c.Registry.BlobBytes.Load()
