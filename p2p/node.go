@@ -2,6 +2,7 @@ package p2p
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -71,6 +72,8 @@ type Node struct {
 
 	ranges BlobRanges // reads blobs at random (Blob); nil if this node does not
 	stargz bool       // eStargz layers are mounted from their TOC (WithStargzLayers)
+	// clientOpts configure the peer client (WithPeerTLS).
+	clientOpts []peer.ClientOption
 	// observe is told how long each block fetched took and where it came from, or nil.
 	observe func(source string, took time.Duration)
 
@@ -117,12 +120,19 @@ func WithWindow(n int) NodeOption { return func(nd *Node) { nd.window = max(n, 1
 // the holder the node's block server serves. sched may be nil: every layer is then read
 // from its registry.
 func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Store, sched Scheduler, opts ...NodeOption) *Node {
-	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, client: peer.NewClient(), window: 16,
+	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, window: 16,
 		layers: make(map[layer.TaskID]*seed.Layer), blobs: make(map[layer.TaskID]*blobTask)}
 	for _, o := range opts {
 		o(n)
 	}
+	n.client = peer.NewClient(n.clientOpts...)
 	return n
+}
+
+// WithPeerTLS has the node speak TLS with cfg to its parents (package tlsfiles makes a
+// mutual-TLS one); its own block server must then serve TLS too.
+func WithPeerTLS(cfg *tls.Config) NodeOption {
+	return func(nd *Node) { nd.clientOpts = append(nd.clientOpts, peer.WithClientTLS(cfg)) }
 }
 
 // DownloadRate is the rate at which this node has been receiving blocks from peers, bytes/s.

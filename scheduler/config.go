@@ -66,6 +66,17 @@ type Config struct {
 	Topology  TopologyConfig  `toml:"topology"`
 	Seed      SeedConfig      `toml:"seed"`
 	Keepalive KeepaliveConfig `toml:"keepalive"`
+	// TLS, when its files are set, has the gRPC service speak mutual TLS only: every host
+	// and client must present a certificate the CA signed.
+	TLS TLSConfig `toml:"tls"`
+}
+
+// TLSConfig names the PEM files of a mutual-TLS identity: all three, or none for plaintext.
+type TLSConfig struct {
+	// CA signs every host's and client's certificate; Cert and Key are this scheduler's.
+	CA   string `toml:"ca"`
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
 }
 
 // SelectionConfig configures parent selection (package selection).
@@ -155,6 +166,9 @@ func LoadConfig(path string) (Config, error) {
 // Validate checks every value, naming the key of each that is wrong.
 func (c *Config) Validate() error {
 	var errs []error
+	if t := c.TLS; (t.CA != "" || t.Cert != "" || t.Key != "") && (t.CA == "" || t.Cert == "" || t.Key == "") {
+		errs = append(errs, fmt.Errorf("tls: ca, cert and key go together (ca %q, cert %q, key %q)", t.CA, t.Cert, t.Key))
+	}
 	if c.Version != 1 {
 		errs = append(errs, fmt.Errorf("version = %d: this build reads version 1", c.Version))
 	}

@@ -79,6 +79,17 @@ type P2PConfig struct {
 	// 0 if unknown; the scheduler weighs parents by their free upload bandwidth.
 	UploadCapacity   ByteSize `toml:"upload_capacity"`
 	DownloadCapacity ByteSize `toml:"download_capacity"`
+	// TLS, when its files are set, is this node's mutual-TLS identity towards peers and
+	// schedulers: its block service then serves TLS only, and it speaks TLS to them.
+	TLS TLSConfig `toml:"tls"`
+}
+
+// TLSConfig names the PEM files of a mutual-TLS identity: all three, or none for plaintext.
+type TLSConfig struct {
+	// CA signs every peer's and scheduler's certificate; Cert and Key are this node's.
+	CA   string `toml:"ca"`
+	Cert string `toml:"cert"`
+	Key  string `toml:"key"`
 }
 
 // MetricsConfig configures the Prometheus endpoint.
@@ -184,6 +195,9 @@ func ReadConfig(path string) (Config, error) {
 // Validate checks values that would otherwise fail later and less clearly.
 func (c *Config) Validate() error {
 	var errs []error
+	if t := c.P2P.TLS; (t.CA != "" || t.Cert != "" || t.Key != "") && (t.CA == "" || t.Cert == "" || t.Key == "") {
+		errs = append(errs, fmt.Errorf("p2p.tls: ca, cert and key go together (ca %q, cert %q, key %q)", t.CA, t.Cert, t.Key))
+	}
 	if c.Version != 1 {
 		errs = append(errs, fmt.Errorf("version = %d: this build reads version 1", c.Version))
 	}

@@ -25,7 +25,10 @@ import (
 	"github.com/containerd/log"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/metrics"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
@@ -150,7 +153,20 @@ func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 	}
 	// Either server failing stops the other; a stop asked for by ctx stops both.
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return server.Serve(gctx, ln, core, grace) }) // closes core
+	var sopts []grpc.ServerOption
+	if t := cfg.TLS; t.CA != "" {
+		id, err := tlsfiles.Load(tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key})
+		if err != nil {
+			ln.Close()
+			if mln != nil {
+				mln.Close()
+			}
+			core.Close()
+			return err
+		}
+		sopts = append(sopts, grpc.Creds(credentials.NewTLS(id.ServerConfig())))
+	}
+	g.Go(func() error { return server.Serve(gctx, ln, core, grace, sopts...) }) // closes core
 	if mln != nil {
 		g.Go(func() error {
 			return metrics.Serve(gctx, mln, m.Handler(), metrics.Mount{Pattern: "/", Handler: status.Handler(core)})

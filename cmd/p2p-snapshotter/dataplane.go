@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/p2p/scheduling"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tasks"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
@@ -64,6 +66,12 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	closers = append(closers, cache.Close)
 	client := newRegistryClient(cfg)
 	record := tasks.New(cache)
+	var id *tlsfiles.Identity // mutual TLS with peers and schedulers, if configured
+	if t := cfg.P2P.TLS; t.CA != "" {
+		if id, err = tlsfiles.Load(tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key}); err != nil {
+			return nil, err
+		}
+	}
 	seeds, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client, seed.WithObserver(record))
 	if err != nil {
 		return nil, err
@@ -83,6 +91,9 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 		if err != nil {
 			return nil, fmt.Errorf("block service: %w", err)
 		}
+		if id != nil {
+			ln = tls.NewListener(ln, id.ServerConfig())
+		}
 		go func() {
 			if err := server.Serve(ctx, ln); err != nil {
 				log.G(ctx).WithError(err).Error("block service stopped")
@@ -91,7 +102,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 		closers = append(closers, server.Close)
 		log.G(ctx).WithField("address", ln.Addr().String()).Info("serving blocks to peers")
 		if len(cfg.P2P.Schedulers) > 0 {
-			c, err := newSchedulerClient(ctx, cfg, server, &nodeRef)
+			c, err := newSchedulerClient(ctx, cfg, server, &nodeRef, id)
 			if err != nil {
 				return nil, err
 			}
@@ -110,6 +121,9 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	}
 	dm := metrics.NewDataPlane(src)
 	nopts := []p2p.NodeOption{p2p.WithBlobRanges(client), p2p.WithFetchObserver(dm.ObserveFetch)}
+	if id != nil {
+		nopts = append(nopts, p2p.WithPeerTLS(id.ClientConfig()))
+	}
 	if cfg.Lazy.Stargz {
 		nopts = append(nopts, p2p.WithStargzLayers())
 	}
@@ -128,7 +142,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is
 // set once the node exists.
-func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, node *atomic.Pointer[p2p.Node]) (*scheduling.Client, error) {
+func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, node *atomic.Pointer[p2p.Node], tlsID *tlsfiles.Identity) (*scheduling.Client, error) {
 	ring, err := scheduling.NewRing(ctx, cfg.P2P.Schedulers, time.Duration(cfg.P2P.SchedulerCooldown), net.DefaultResolver, time.Now)
 	if err != nil {
 		return nil, err
@@ -185,6 +199,9 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 				log.G(ctx).WithError(err).WithField("diffID", src.DiffID).Warn("cannot seed a layer the scheduler sent")
 			}
 		}))
+	}
+	if tlsID != nil {
+		opts = append(opts, scheduling.WithTLS(tlsID.ClientConfig()))
 	}
 	return scheduling.New(host, state, ring, opts...), nil
 }

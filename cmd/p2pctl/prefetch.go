@@ -14,10 +14,12 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
@@ -40,6 +42,7 @@ func newPrefetchCommand() *cobra.Command {
 		insecure, files                 []string
 		all, asJSON                     bool
 		hosts                           uint32
+		tlsFiles                        tlsfiles.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "prefetch IMAGE",
@@ -85,7 +88,7 @@ back; the command waits for the reports and shows, per layer, how many hosts are
 			}
 			sel := p2p.Selection{Files: files, All: all}
 			if sched != "" {
-				return prefetchFleet(ctx, cmd.OutOrStdout(), sched, img, sel, hosts, asJSON)
+				return prefetchFleet(ctx, cmd.OutOrStdout(), sched, tlsFiles, img, sel, hosts, asJSON)
 			}
 			daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
 			if err := daemon.Ping(ctx); err != nil {
@@ -146,6 +149,9 @@ back; the command waits for the reports and shows, per layer, how many hosts are
 	f.BoolVar(&asJSON, "json", false, "print the outcome of each layer as JSON")
 	f.StringVar(&sched, "scheduler", "", "warm the fleet: the gRPC address (host:port) of a scheduler the hosts watch")
 	f.Uint32Var(&hosts, "hosts", 0, "with --scheduler, how many hosts warm each layer (0: every host)")
+	f.StringVar(&tlsFiles.CA, "tls-ca", "", "with --scheduler, the CA of the schedulers' mutual TLS (PEM)")
+	f.StringVar(&tlsFiles.Cert, "tls-cert", "", "with --scheduler, this client's certificate (PEM)")
+	f.StringVar(&tlsFiles.Key, "tls-key", "", "with --scheduler, this client's key (PEM)")
 	return cmd
 }
 
@@ -158,8 +164,16 @@ type fleetResult struct {
 
 // prefetchFleet asks the scheduler at addr to have hosts warm each layer of img, and waits
 // for their reports.
-func prefetchFleet(ctx context.Context, out io.Writer, addr string, img *registry.Image, sel p2p.Selection, hosts uint32, asJSON bool) error {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func prefetchFleet(ctx context.Context, out io.Writer, addr string, tf tlsfiles.Files, img *registry.Image, sel p2p.Selection, hosts uint32, asJSON bool) error {
+	creds := insecure.NewCredentials()
+	if tf.Enabled() {
+		id, err := tlsfiles.Load(tf)
+		if err != nil {
+			return err
+		}
+		creds = credentials.NewTLS(id.ClientConfig())
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("--scheduler %s: %w", addr, err)
 	}

@@ -3,6 +3,7 @@ package peer
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -33,7 +34,8 @@ const dialTimeout = 5 * time.Second
 // Client asks peers for blocks and digests. It is safe for concurrent use.
 type Client struct {
 	dialer net.Dialer
-	meter  *RateMeter // bytes received
+	tls    *tls.Config // nil: plain TCP
+	meter  *RateMeter  // bytes received
 
 	mu     sync.Mutex
 	idle   map[string][]*conn
@@ -45,9 +47,20 @@ type conn struct {
 	r *bufio.Reader
 }
 
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithClientTLS has the client speak TLS with cfg to every peer (package tlsfiles makes a
+// mutual-TLS one); peers must serve TLS too (a tls.NewListener under Server.Serve).
+func WithClientTLS(cfg *tls.Config) ClientOption { return func(c *Client) { c.tls = cfg } }
+
 // NewClient returns a client.
-func NewClient() *Client {
-	return &Client{dialer: net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}, meter: NewRateMeter(time.Now), idle: make(map[string][]*conn)}
+func NewClient(opts ...ClientOption) *Client {
+	c := &Client{dialer: net.Dialer{Timeout: dialTimeout, KeepAlive: 15 * time.Second}, meter: NewRateMeter(time.Now), idle: make(map[string][]*conn)}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
 }
 
 // DownloadRate is the rate at which this client has been receiving, in bytes/s.
@@ -223,6 +236,14 @@ func (c *Client) get(ctx context.Context, addr string) (*conn, error) {
 	nc, err := c.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, err
+	}
+	if c.tls != nil {
+		tc := tls.Client(nc, c.tls)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("TLS with %s: %w", addr, err)
+		}
+		nc = tc
 	}
 	return &conn{Conn: nc, r: bufio.NewReaderSize(nc, 64<<10)}, nil
 }

@@ -2,6 +2,7 @@ package scheduling
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"github.com/containerd/log"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -51,6 +53,7 @@ type Client struct {
 	ring   *Ring
 	onSeed func(ctx context.Context, src seed.Source)
 	onWarm WarmHandler
+	tls    *tls.Config // nil: plaintext
 
 	mu        sync.Mutex
 	conns     map[string]*grpc.ClientConn
@@ -82,6 +85,10 @@ type taskReg struct {
 
 // Option configures a Client.
 type Option func(*Client)
+
+// WithTLS has the client speak TLS with cfg to the schedulers (package tlsfiles makes a
+// mutual-TLS one).
+func WithTLS(cfg *tls.Config) Option { return func(c *Client) { c.tls = cfg } }
 
 // WithSeedHandler calls fn (in a goroutine) for every layer a scheduler asks this seed host
 // to seed.
@@ -155,7 +162,11 @@ func (c *Client) client(addr string) (schedulerv1.SchedulerClient, error) {
 	cc, ok := c.conns[addr]
 	if !ok {
 		var err error
-		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		creds := insecure.NewCredentials()
+		if c.tls != nil {
+			creds = credentials.NewTLS(c.tls)
+		}
+		cc, err = grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 		if err != nil {
 			return nil, fmt.Errorf("scheduler %s: %w", addr, err)
 		}

@@ -9,10 +9,14 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles/tlstest"
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
@@ -27,7 +31,7 @@ type schedulerProc struct {
 	once sync.Once
 }
 
-func startScheduler(t *testing.T, addr string) *schedulerProc {
+func startScheduler(t *testing.T, addr string, opts ...grpc.ServerOption) *schedulerProc {
 	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
@@ -42,7 +46,7 @@ func startScheduler(t *testing.T, addr string) *schedulerProc {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sp := &schedulerProc{addr: ln.Addr().String(), core: core, stop: cancel, done: make(chan error, 1)}
-	go func() { sp.done <- server.Serve(ctx, ln, core, 0) }()
+	go func() { sp.done <- server.Serve(ctx, ln, core, 0, opts...) }()
 	t.Cleanup(sp.kill)
 	return sp
 }
@@ -193,5 +197,51 @@ func TestWarmTask(t *testing.T) {
 			t.Fatalf("the host never reported the warm done: %v", st.Hosts)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSchedulerOverMutualTLS: a scheduler serving mutual TLS takes a host whose certificate
+// the cluster's CA signed, and refuses one of another CA.
+func TestSchedulerOverMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := tlstest.NewAuthority(t, "cluster"), tlstest.NewAuthority(t, "other")
+	identity := func(f tlsfiles.Files) *tlsfiles.Identity {
+		id, err := tlsfiles.Load(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	sp := startScheduler(t, "", grpc.Creds(credentials.NewTLS(identity(ca.Valid(t, dir, "scheduler")).ServerConfig())))
+	for _, tc := range []struct {
+		name string
+		tls  *tlsfiles.Identity
+		ok   bool
+	}{
+		{"a host of the cluster", identity(ca.Valid(t, dir, "host")), true},
+		{"a host of another CA", identity(other.Valid(t, dir, "rogue")), false},
+		{"plaintext", nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ring, err := NewRing(t.Context(), []string{sp.addr}, time.Minute, net.DefaultResolver, time.Now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var opts []Option
+			if tc.tls != nil {
+				opts = append(opts, WithTLS(tc.tls.ClientConfig()))
+			}
+			c := New(Host{ID: tc.name, BlockAddress: "127.0.0.1:10"}, func() *schedulerv1.HostState { return &schedulerv1.HostState{} }, ring, opts...)
+			defer c.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			_, err = c.Register(ctx, source(2), 1<<20)
+			if tc.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tc.ok && err == nil {
+				t.Fatal("registered")
+			}
+		})
 	}
 }

@@ -1,0 +1,63 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles/tlstest"
+)
+
+// TestBlocksOverMutualTLS: a block server behind mutual TLS serves a peer whose certificate
+// the cluster's CA signed, and refuses one of another CA, one whose certificate expired, and
+// one speaking plain TCP.
+func TestBlocksOverMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca, other := tlstest.NewAuthority(t, "cluster"), tlstest.NewAuthority(t, "other")
+	identity := func(f tlsfiles.Files) *tlsfiles.Identity {
+		id, err := tlsfiles.Load(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	h := newHolder(t)
+	close(h.gate)
+	s := NewServer(h)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(context.Background(), tls.NewListener(ln, identity(ca.Valid(t, dir, "server")).ServerConfig()))
+	t.Cleanup(func() { s.Close() })
+	addr := ln.Addr().String()
+
+	for _, tc := range []struct {
+		name   string
+		client *Client
+		ok     bool
+	}{
+		{"a peer of the cluster", NewClient(WithClientTLS(identity(ca.Valid(t, dir, "peer")).ClientConfig())), true},
+		{"a peer of another CA", NewClient(WithClientTLS(identity(other.Valid(t, dir, "rogue")).ClientConfig())), false},
+		{"an expired certificate", NewClient(WithClientTLS(identity(ca.Issue(t, dir, "expired", time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour))).ClientConfig())), false},
+		{"plain TCP", NewClient(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			defer tc.client.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			defer cancel()
+			buf := make([]byte, 4096)
+			n, _, err := tc.client.Block(ctx, addr, task, 7, time.Second, buf)
+			if tc.ok && (err != nil || !bytes.Equal(buf[:n], []byte{7, 1, 2, 3})) {
+				t.Fatalf("refused: %v, %x", err, buf[:n])
+			}
+			if !tc.ok && err == nil {
+				t.Fatal("served")
+			}
+		})
+	}
+}
