@@ -18,6 +18,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
 	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
 )
 
@@ -42,6 +43,9 @@ type Options struct {
 	CacheSize, BlockSize string
 	// Topology is the schedulers' mode, "dag" or "tree" ("" for their default).
 	Topology string
+	// TLS, if set, gives each host (by name: "sched0", "seed0", "peer0"…) the files of its
+	// mutual-TLS identity: every scheduler and daemon then speaks mutual TLS only.
+	TLS func(host string) tlsfiles.Files
 	// SchedulerConfig, if set, is a p2p-scheduler TOML file every scheduler reads (--config);
 	// the options above still win.
 	SchedulerConfig string
@@ -131,6 +135,17 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 		if o.Topology != "" {
 			argv = append(argv, "--topology", o.Topology)
 		}
+		if o.TLS != nil {
+			if o.SchedulerConfig != "" {
+				return nil, errors.New("cluster: TLS and SchedulerConfig together are not supported")
+			}
+			f := o.TLS(h.Name)
+			path := filepath.Join(o.Dir, h.Name+".toml")
+			if err := os.WriteFile(path, []byte(fmt.Sprintf("version = 1\n[tls]\nca = %q\ncert = %q\nkey = %q\n", f.CA, f.Cert, f.Key)), 0o600); err != nil {
+				return nil, err
+			}
+			argv = append(argv, "--config", path)
+		}
 		if o.SchedulerConfig != "" {
 			argv = append(argv, "--config", o.SchedulerConfig)
 		}
@@ -204,6 +219,10 @@ upload_capacity = %q
 address = %q
 `, root, filepath.Join(root, "p2p-snapshotter.sock"), o.CacheSize, o.BlockSize, c.Registry.Addr, addr,
 		strings.Join(quoted, ", "), name, seed, strconv.FormatUint(o.Limits.Up/8, 10), metrics)
+	if o.TLS != nil {
+		f := o.TLS(name)
+		cfg += fmt.Sprintf("[p2p.tls]\nca = %q\ncert = %q\nkey = %q\n", f.CA, f.Cert, f.Key)
+	}
 	cfgPath := filepath.Join(root, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
