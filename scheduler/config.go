@@ -72,11 +72,17 @@ type Config struct {
 }
 
 // TLSConfig names the PEM files of a mutual-TLS identity: all three, or none for plaintext.
+// With CAKey instead of Cert and Key the scheduler is the cluster's CA (package issuer).
 type TLSConfig struct {
 	// CA signs every host's and client's certificate; Cert and Key are this scheduler's.
 	CA   string `toml:"ca"`
 	Cert string `toml:"cert"`
 	Key  string `toml:"key"`
+	// CAKey is the CA's private key: the scheduler then issues its own certificate and those
+	// of hosts that present one of BootstrapTokens, valid for CertificateTTL, and renews them.
+	CAKey           string   `toml:"ca_key"`
+	BootstrapTokens []string `toml:"bootstrap_tokens"`
+	CertificateTTL  Duration `toml:"certificate_ttl"`
 }
 
 // SelectionConfig configures parent selection (package selection).
@@ -136,6 +142,7 @@ func DefaultConfig() Config {
 		Topology:  TopologyConfig{Mode: DefaultMode, FanOut: DefaultFanOut},
 		Seed:      SeedConfig{MaxBackToSource: DefaultMaxBackToSource},
 		Keepalive: KeepaliveConfig{Interval: Duration(DefaultKeepaliveInterval), Misses: DefaultKeepaliveMisses},
+		TLS:       TLSConfig{CertificateTTL: Duration(24 * time.Hour)},
 	}
 }
 
@@ -166,7 +173,15 @@ func LoadConfig(path string) (Config, error) {
 // Validate checks every value, naming the key of each that is wrong.
 func (c *Config) Validate() error {
 	var errs []error
-	if t := c.TLS; (t.CA != "" || t.Cert != "" || t.Key != "") && (t.CA == "" || t.Cert == "" || t.Key == "") {
+	switch t := c.TLS; {
+	case t.CAKey != "":
+		if t.CA == "" || t.Cert != "" || t.Key != "" {
+			errs = append(errs, fmt.Errorf("tls.ca_key: the issuing scheduler needs tls.ca and makes its own certificate (no tls.cert, tls.key)"))
+		}
+		if time.Duration(t.CertificateTTL) < time.Minute {
+			errs = append(errs, fmt.Errorf("tls.certificate_ttl = %s: want at least a minute", time.Duration(t.CertificateTTL)))
+		}
+	case (t.CA != "" || t.Cert != "" || t.Key != "") && (t.CA == "" || t.Cert == "" || t.Key == ""):
 		errs = append(errs, fmt.Errorf("tls: ca, cert and key go together (ca %q, cert %q, key %q)", t.CA, t.Cert, t.Key))
 	}
 	if c.Version != 1 {

@@ -85,11 +85,15 @@ type P2PConfig struct {
 }
 
 // TLSConfig names the PEM files of a mutual-TLS identity: all three, or none for plaintext.
+// With BootstrapToken instead of Cert and Key the node gets its certificate from a scheduler.
 type TLSConfig struct {
 	// CA signs every peer's and scheduler's certificate; Cert and Key are this node's.
 	CA   string `toml:"ca"`
 	Cert string `toml:"cert"`
 	Key  string `toml:"key"`
+	// BootstrapToken, presented to a scheduler that holds the CA's key, gets this node its
+	// certificate (kept under root/tls/ and renewed before it expires).
+	BootstrapToken string `toml:"bootstrap_token"`
 }
 
 // MetricsConfig configures the Prometheus endpoint.
@@ -195,7 +199,12 @@ func ReadConfig(path string) (Config, error) {
 // Validate checks values that would otherwise fail later and less clearly.
 func (c *Config) Validate() error {
 	var errs []error
-	if t := c.P2P.TLS; (t.CA != "" || t.Cert != "" || t.Key != "") && (t.CA == "" || t.Cert == "" || t.Key == "") {
+	switch t := c.P2P.TLS; {
+	case t.BootstrapToken != "":
+		if t.CA == "" || t.Cert != "" || t.Key != "" || len(c.P2P.Schedulers) == 0 {
+			errs = append(errs, errors.New("p2p.tls.bootstrap_token: needs p2p.tls.ca and p2p.schedulers, and gets cert and key itself (no p2p.tls.cert, p2p.tls.key)"))
+		}
+	case (t.CA != "" || t.Cert != "" || t.Key != "") && (t.CA == "" || t.Cert == "" || t.Key == ""):
 		errs = append(errs, fmt.Errorf("p2p.tls: ca, cert and key go together (ca %q, cert %q, key %q)", t.CA, t.Cert, t.Key))
 	}
 	if c.Version != 1 {

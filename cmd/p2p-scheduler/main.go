@@ -30,6 +30,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/issuer"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/metrics"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/status"
@@ -153,20 +154,36 @@ func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 	}
 	// Either server failing stops the other; a stop asked for by ctx stops both.
 	g, gctx := errgroup.WithContext(ctx)
-	var sopts []grpc.ServerOption
-	if t := cfg.TLS; t.CA != "" {
-		id, err := tlsfiles.Load(tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key})
-		if err != nil {
-			ln.Close()
-			if mln != nil {
-				mln.Close()
-			}
-			core.Close()
-			return err
+	var (
+		sopts []grpc.ServerOption
+		certs *issuer.Issuer
+	)
+	switch t := cfg.TLS; {
+	case t.CAKey != "": // the scheduler is the cluster's CA
+		certs, err = issuer.New(t.CA, t.CAKey, t.BootstrapTokens, time.Duration(t.CertificateTTL))
+		if err == nil {
+			sopts = append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(certs.ServerConfig("p2p-scheduler")))}, issuer.RequireClientCert()...)
 		}
-		sopts = append(sopts, grpc.Creds(credentials.NewTLS(id.ServerConfig())))
+	case t.CA != "":
+		var id *tlsfiles.Identity
+		if id, err = tlsfiles.Load(tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key}); err == nil {
+			sopts = append(sopts, grpc.Creds(credentials.NewTLS(id.ServerConfig())))
+		}
 	}
-	g.Go(func() error { return server.Serve(gctx, ln, core, grace, sopts...) }) // closes core
+	if err != nil {
+		ln.Close()
+		if mln != nil {
+			mln.Close()
+		}
+		core.Close()
+		return err
+	}
+	g.Go(func() error { // closes core
+		if certs != nil {
+			return server.ServeIssuing(gctx, ln, core, certs, grace, sopts...)
+		}
+		return server.Serve(gctx, ln, core, grace, sopts...)
+	})
 	if mln != nil {
 		g.Go(func() error {
 			return metrics.Serve(gctx, mln, m.Handler(), metrics.Mount{Pattern: "/", Handler: status.Handler(core)})

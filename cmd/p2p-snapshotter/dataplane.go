@@ -66,12 +66,11 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	closers = append(closers, cache.Close)
 	client := newRegistryClient(cfg)
 	record := tasks.New(cache)
-	var id *tlsfiles.Identity // mutual TLS with peers and schedulers, if configured
-	if t := cfg.P2P.TLS; t.CA != "" {
-		if id, err = tlsfiles.Load(tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key}); err != nil {
-			return nil, err
-		}
+	id, stopRenewal, err := tlsIdentity(ctx, cfg) // mutual TLS with peers and schedulers, if configured
+	if err != nil {
+		return nil, err
 	}
+	closers = append(closers, func() error { stopRenewal(); return nil })
 	seeds, err := seed.New(filepath.Join(cfg.Root, "layers"), cache, client, seed.WithObserver(record))
 	if err != nil {
 		return nil, err
@@ -140,6 +139,53 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	return &dataPlaneParts{mounter: m, blobs: bs, node: node, metrics: dm, close: closeAll}, nil
 }
 
+// hostID is this node's id at the schedulers: p2p.host_id, or hostname-advertise_address.
+func hostID(cfg snapshotter.Config) string {
+	if cfg.P2P.HostID != "" {
+		return cfg.P2P.HostID
+	}
+	advertise := cfg.P2P.AdvertiseAddress
+	if advertise == "" {
+		advertise = cfg.P2P.Address
+	}
+	hostname, _ := os.Hostname()
+	return hostname + "-" + advertise
+}
+
+// tlsIdentity returns the node's mutual-TLS identity from cfg, or nil without one. With a
+// bootstrap token it gets its certificate from the first scheduler, into root/tls/, unless a
+// valid one is there, and keeps it renewed until stop is called.
+func tlsIdentity(ctx context.Context, cfg snapshotter.Config) (_ *tlsfiles.Identity, stop func(), _ error) {
+	t := cfg.P2P.TLS
+	if t.CA == "" {
+		return nil, func() {}, nil
+	}
+	files := tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key}
+	if t.BootstrapToken == "" {
+		id, err := tlsfiles.Load(files)
+		return id, func() {}, err
+	}
+	files.Cert, files.Key = filepath.Join(cfg.Root, "tls", "cert.pem"), filepath.Join(cfg.Root, "tls", "key.pem")
+	sched, host := cfg.P2P.Schedulers[0], hostID(cfg)
+	id, err := tlsfiles.Load(files)
+	if err != nil || !id.ValidFor(time.Minute) {
+		if _, err := scheduling.ObtainCertificate(ctx, sched, t.BootstrapToken, host, files); err != nil {
+			return nil, nil, fmt.Errorf("p2p.tls.bootstrap_token: %w", err)
+		}
+		if id, err = tlsfiles.Load(files); err != nil {
+			return nil, nil, err
+		}
+		log.G(ctx).WithFields(log.Fields{"scheduler": sched, "host": host}).Info("got this node's certificate from the scheduler")
+	}
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		scheduling.RenewCertificates(rctx, sched, host, id, files)
+	}()
+	return id, func() { cancel(); <-done }, nil
+}
+
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is
 // set once the node exists.
 func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, node *atomic.Pointer[p2p.Node], tlsID *tlsfiles.Identity) (*scheduling.Client, error) {
@@ -152,10 +198,7 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 		advertise = cfg.P2P.Address
 	}
 	hostname, _ := os.Hostname()
-	id := cfg.P2P.HostID
-	if id == "" {
-		id = hostname + "-" + advertise
-	}
+	id := hostID(cfg)
 	if id == "" {
 		return nil, errors.New("p2p: no host id")
 	}

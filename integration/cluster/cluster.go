@@ -46,6 +46,9 @@ type Options struct {
 	// TLS, if set, gives each host (by name: "sched0", "seed0", "peer0"…) the files of its
 	// mutual-TLS identity: every scheduler and daemon then speaks mutual TLS only.
 	TLS func(host string) tlsfiles.Files
+	// Issuing, if set, makes the schedulers the cluster's CA (with its certificate and key
+	// files) and has every daemon get its certificate from them with the bootstrap token.
+	Issuing *Issuing
 	// SchedulerConfig, if set, is a p2p-scheduler TOML file every scheduler reads (--config);
 	// the options above still win.
 	SchedulerConfig string
@@ -53,6 +56,11 @@ type Options struct {
 	Dir string
 	// Race builds the binaries with the race detector.
 	Race bool
+}
+
+// Issuing is a CA the schedulers hold, and the token the daemons present.
+type Issuing struct {
+	CA, CAKey, Token string
 }
 
 // Cluster is a running cluster.
@@ -135,13 +143,19 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 		if o.Topology != "" {
 			argv = append(argv, "--topology", o.Topology)
 		}
-		if o.TLS != nil {
+		if o.TLS != nil || o.Issuing != nil {
 			if o.SchedulerConfig != "" {
 				return nil, errors.New("cluster: TLS and SchedulerConfig together are not supported")
 			}
-			f := o.TLS(h.Name)
+			var tlsTable string
+			if o.Issuing != nil {
+				tlsTable = fmt.Sprintf("ca = %q\nca_key = %q\nbootstrap_tokens = [%q]\n", o.Issuing.CA, o.Issuing.CAKey, o.Issuing.Token)
+			} else {
+				f := o.TLS(h.Name)
+				tlsTable = fmt.Sprintf("ca = %q\ncert = %q\nkey = %q\n", f.CA, f.Cert, f.Key)
+			}
 			path := filepath.Join(o.Dir, h.Name+".toml")
-			if err := os.WriteFile(path, []byte(fmt.Sprintf("version = 1\n[tls]\nca = %q\ncert = %q\nkey = %q\n", f.CA, f.Cert, f.Key)), 0o600); err != nil {
+			if err := os.WriteFile(path, []byte("version = 1\n[tls]\n"+tlsTable), 0o600); err != nil {
 				return nil, err
 			}
 			argv = append(argv, "--config", path)
@@ -219,7 +233,10 @@ upload_capacity = %q
 address = %q
 `, root, filepath.Join(root, "p2p-snapshotter.sock"), o.CacheSize, o.BlockSize, c.Registry.Addr, addr,
 		strings.Join(quoted, ", "), name, seed, strconv.FormatUint(o.Limits.Up/8, 10), metrics)
-	if o.TLS != nil {
+	switch {
+	case o.Issuing != nil:
+		cfg += fmt.Sprintf("[p2p.tls]\nca = %q\nbootstrap_token = %q\n", o.Issuing.CA, o.Issuing.Token)
+	case o.TLS != nil:
 		f := o.TLS(name)
 		cfg += fmt.Sprintf("[p2p.tls]\nca = %q\ncert = %q\nkey = %q\n", f.CA, f.Cert, f.Key)
 	}

@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -51,6 +53,37 @@ func TestDistributionOverMutualTLS(t *testing.T) {
 	stranger := peer.NewClient()
 	defer stranger.Close()
 	if _, _, err := stranger.Block(ctx, c.Peers[0].Addr, task, 0, time.Second, buf); err == nil {
+		t.Error("a client with no certificate got a block")
+	}
+}
+
+// TestCertificatesFromTheSchedulers: the scheduler holds the cluster's CA key and every
+// daemon has only the CA's certificate and a bootstrap token; each gets its certificate from
+// the scheduler at start, and a layer reaches every peer over mutual TLS.
+func TestCertificatesFromTheSchedulers(t *testing.T) {
+	dir := t.TempDir()
+	caFile, caKey := tlstest.NewAuthority(t, "cluster CA").WriteCA(t, dir)
+	c, src := startCluster(t, Options{
+		Name: "p2pdi", Subnet: netip.MustParsePrefix("10.213.20.0/24"), Peers: 3, Seeds: 1,
+		Limits: netlab.Limits{Up: 400 * netlab.Mbit, Down: 400 * netlab.Mbit}, RegistryLimits: netlab.Limits{Up: 400 * netlab.Mbit},
+		CacheSize: "64MiB", BlockSize: "1MiB",
+		Issuing: &Issuing{CA: caFile, CAKey: caKey, Token: "bootstrap-token"},
+	}, 16<<20)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	for i, err := range warmAll(ctx, c.Peers, src) {
+		if err != nil {
+			t.Errorf("peer %d: %v", i, err)
+		}
+	}
+	for _, d := range append([]*Daemon{c.Seeds[0]}, c.Peers...) {
+		if _, err := os.Stat(filepath.Join(d.Root, "tls", "cert.pem")); err != nil {
+			t.Errorf("%s has no certificate from the scheduler: %v", d.Name, err)
+		}
+	}
+	stranger := peer.NewClient()
+	defer stranger.Close()
+	if _, _, err := stranger.Block(ctx, c.Peers[0].Addr, layer.TaskIDFromDigest(src.DiffID), 0, time.Second, make([]byte, 1<<20)); err == nil {
 		t.Error("a client with no certificate got a block")
 	}
 }

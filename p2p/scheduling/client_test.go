@@ -2,7 +2,9 @@ package scheduling
 
 import (
 	"context"
+	"crypto/tls"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -10,7 +12,9 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
 
 	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
@@ -19,6 +23,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles/tlstest"
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
+	"github.com/p2pimage/p2p-snapshotter/scheduler/issuer"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/server"
 )
 
@@ -243,5 +248,98 @@ func TestSchedulerOverMutualTLS(t *testing.T) {
 				t.Fatal("registered")
 			}
 		})
+	}
+}
+
+// TestCertificatesFromTheScheduler: a scheduler holding the CA's key issues a host its
+// certificate for a bootstrap token, refuses a wrong token, serves only hosts with a
+// certificate, and renews the host's certificate before it expires, with no restart.
+func TestCertificatesFromTheScheduler(t *testing.T) {
+	dir := t.TempDir()
+	caFile, caKey := tlstest.NewAuthority(t, "cluster CA").WriteCA(t, dir)
+	is, err := issuer.New(caFile, caKey, []string{"s3cret"}, 3*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, err := scheduler.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	opts := append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(is.ServerConfig("scheduler")))}, issuer.RequireClientCert()...)
+	go func() { done <- server.ServeIssuing(ctx, ln, core, is, 0, opts...) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	addr := ln.Addr().String()
+
+	files := tlsfiles.Files{CA: caFile, Cert: filepath.Join(dir, "host", "cert.pem"), Key: filepath.Join(dir, "host", "key.pem")}
+	if _, err := ObtainCertificate(t.Context(), addr, "wrong", "host1", files); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a wrong token: got %v; want PermissionDenied", err)
+	}
+	first, err := ObtainCertificate(t.Context(), addr, "s3cret", "host1", files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := tlsfiles.Load(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	register := func(tlsCfg *tls.Config) error {
+		ring, err := NewRing(t.Context(), []string{addr}, time.Minute, net.DefaultResolver, time.Now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var opts []Option
+		if tlsCfg != nil {
+			opts = append(opts, WithTLS(tlsCfg))
+		}
+		c := New(Host{ID: "host1", BlockAddress: "127.0.0.1:10"}, func() *schedulerv1.HostState { return &schedulerv1.HostState{} }, ring, opts...)
+		defer c.Close()
+		rctx, rcancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer rcancel()
+		_, err = c.Register(rctx, source(3), 1<<20)
+		return err
+	}
+	if err := register(id.ClientConfig()); err != nil {
+		t.Fatalf("with the issued certificate: %v", err)
+	}
+	noCert, err := tlsfiles.ServerOnlyConfig(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := register(noCert); err == nil {
+		t.Error("a host with no certificate registered")
+	}
+
+	rctx, rcancel := context.WithCancel(t.Context())
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		RenewCertificates(rctx, addr, "host1", id, files)
+	}()
+	defer func() {
+		rcancel()
+		<-renewed
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, notAfter, err := certificateLife(files.Cert); err == nil && notAfter.After(first) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the certificate was not renewed before it expired")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Until(first.Add(time.Second))) // the first certificate has expired
+	if err := register(id.ClientConfig()); err != nil {
+		t.Fatalf("after the first certificate expired, with the renewed one: %v", err)
 	}
 }

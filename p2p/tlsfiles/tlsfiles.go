@@ -101,6 +101,17 @@ func (id *Identity) current() (*tls.Certificate, *x509.CertPool) {
 	return id.cert, id.pool
 }
 
+// ValidFor reports whether the certificate is valid now and for d more.
+func (id *Identity) ValidFor(d time.Duration) bool {
+	cert, _ := id.current()
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return false
+	}
+	now := id.now()
+	return !now.Before(leaf.NotBefore) && now.Add(d).Before(leaf.NotAfter)
+}
+
 // ServerConfig returns the configuration of a server that requires a client certificate the
 // CA signed.
 func (id *Identity) ServerConfig() *tls.Config {
@@ -136,6 +147,27 @@ func (id *Identity) ClientConfig() *tls.Config {
 			return verify(cs.PeerCertificates, pool, x509.ExtKeyUsageServerAuth, id.now())
 		},
 	}
+}
+
+// ServerOnlyConfig returns the configuration of a client with no certificate yet, that
+// accepts a server whose certificate the CA in the PEM file caFile signed: how a host asks a
+// scheduler for its first certificate.
+func ServerOnlyConfig(caFile string) (*tls.Config, error) {
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("tls: CA %s: no PEM certificate in it", caFile)
+	}
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, //nolint:gosec // verified below, against the CA
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return verify(cs.PeerCertificates, pool, x509.ExtKeyUsageServerAuth, time.Now())
+		},
+	}, nil
 }
 
 // verify checks that chain, leaf first, leads to pool's CA and is valid now for usage.

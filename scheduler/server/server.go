@@ -54,9 +54,22 @@ func (s *Server) Wait() { s.recv.Wait() }
 // stops gracefully, cutting calls still running after grace. It returns once everything it
 // started has ended; the error is nil after a stop asked for by ctx.
 func Serve(ctx context.Context, ln net.Listener, core *scheduler.Scheduler, grace time.Duration, opts ...grpc.ServerOption) error {
+	return serve(ctx, ln, core, nil, grace, opts)
+}
+
+// ServeIssuing is Serve with certs's Certificates service beside the scheduler's: the
+// scheduler issues the cluster's certificates (package issuer).
+func ServeIssuing(ctx context.Context, ln net.Listener, core *scheduler.Scheduler, certs schedulerv1.CertificatesServer, grace time.Duration, opts ...grpc.ServerOption) error {
+	return serve(ctx, ln, core, certs, grace, opts)
+}
+
+func serve(ctx context.Context, ln net.Listener, core *scheduler.Scheduler, certs schedulerv1.CertificatesServer, grace time.Duration, opts []grpc.ServerOption) error {
 	g := grpc.NewServer(opts...)
 	s := New(core)
 	s.Register(g)
+	if certs != nil {
+		schedulerv1.RegisterCertificatesServer(g, certs)
+	}
 	served := make(chan error, 1)
 	go func() { served <- g.Serve(ln) }()
 	var err error

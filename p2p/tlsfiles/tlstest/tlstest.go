@@ -84,6 +84,24 @@ func (a *Authority) Issue(t testing.TB, dir, name string, notBefore, notAfter ti
 	return f
 }
 
+// WriteCA writes the CA's certificate and key into dir, as a scheduler that issues
+// certificates holds them, and returns their paths.
+func (a *Authority) WriteCA(t testing.TB, dir string) (cert, key string) {
+	t.Helper()
+	kder, err := x509.MarshalECPrivateKey(a.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "ca-key.pem")
+	if err := os.WriteFile(cert, a.pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cert, key
+}
+
 // Valid issues a certificate valid for an hour either side of now.
 func (a *Authority) Valid(t testing.TB, dir, name string) tlsfiles.Files {
 	t.Helper()

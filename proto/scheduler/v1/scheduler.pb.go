@@ -257,6 +257,126 @@ func (PrefetchState) EnumDescriptor() ([]byte, []int) {
 	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
 }
 
+// IssueCertificateRequest asks for a certificate for the key a CSR holds.
+type IssueCertificateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A PKCS#10 certificate signing request, DER; its subject's common name names the host.
+	Csr []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	// One of the scheduler's bootstrap tokens; empty for a renewal, which the caller's own
+	// certificate authorizes.
+	BootstrapToken string `protobuf:"bytes,2,opt,name=bootstrap_token,json=bootstrapToken,proto3" json:"bootstrap_token,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *IssueCertificateRequest) Reset() {
+	*x = IssueCertificateRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCertificateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCertificateRequest) ProtoMessage() {}
+
+func (x *IssueCertificateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCertificateRequest.ProtoReflect.Descriptor instead.
+func (*IssueCertificateRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *IssueCertificateRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *IssueCertificateRequest) GetBootstrapToken() string {
+	if x != nil {
+		return x.BootstrapToken
+	}
+	return ""
+}
+
+// IssueCertificateResponse is the certificate issued.
+type IssueCertificateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The certificate, PEM, valid for server and client use.
+	Certificate []byte `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// The CA's certificate, PEM.
+	Ca []byte `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	// When the certificate expires, Unix seconds.
+	NotAfterUnix  int64 `protobuf:"varint,3,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *IssueCertificateResponse) Reset() {
+	*x = IssueCertificateResponse{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *IssueCertificateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*IssueCertificateResponse) ProtoMessage() {}
+
+func (x *IssueCertificateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use IssueCertificateResponse.ProtoReflect.Descriptor instead.
+func (*IssueCertificateResponse) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *IssueCertificateResponse) GetCertificate() []byte {
+	if x != nil {
+		return x.Certificate
+	}
+	return nil
+}
+
+func (x *IssueCertificateResponse) GetCa() []byte {
+	if x != nil {
+		return x.Ca
+	}
+	return nil
+}
+
+func (x *IssueCertificateResponse) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
 // AnnounceHostRequest describes a host. Every field is the host's full current value; an
 // update replaces the earlier announcement.
 type AnnounceHostRequest struct {
@@ -289,7 +409,7 @@ type AnnounceHostRequest struct {
 
 func (x *AnnounceHostRequest) Reset() {
 	*x = AnnounceHostRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[0]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +421,7 @@ func (x *AnnounceHostRequest) String() string {
 func (*AnnounceHostRequest) ProtoMessage() {}
 
 func (x *AnnounceHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[0]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +434,7 @@ func (x *AnnounceHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceHostRequest.ProtoReflect.Descriptor instead.
 func (*AnnounceHostRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{0}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AnnounceHostRequest) GetHostId() string {
@@ -392,7 +512,7 @@ type AnnounceHostResponse struct {
 
 func (x *AnnounceHostResponse) Reset() {
 	*x = AnnounceHostResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[1]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -404,7 +524,7 @@ func (x *AnnounceHostResponse) String() string {
 func (*AnnounceHostResponse) ProtoMessage() {}
 
 func (x *AnnounceHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[1]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -417,7 +537,7 @@ func (x *AnnounceHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AnnounceHostResponse.ProtoReflect.Descriptor instead.
 func (*AnnounceHostResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{1}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AnnounceHostResponse) GetKeepaliveIntervalMs() uint32 {
@@ -448,7 +568,7 @@ type HostState struct {
 
 func (x *HostState) Reset() {
 	*x = HostState{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[2]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -460,7 +580,7 @@ func (x *HostState) String() string {
 func (*HostState) ProtoMessage() {}
 
 func (x *HostState) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[2]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -473,7 +593,7 @@ func (x *HostState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostState.ProtoReflect.Descriptor instead.
 func (*HostState) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{2}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *HostState) GetUploadRate() uint64 {
@@ -524,7 +644,7 @@ type KeepaliveRequest struct {
 
 func (x *KeepaliveRequest) Reset() {
 	*x = KeepaliveRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -536,7 +656,7 @@ func (x *KeepaliveRequest) String() string {
 func (*KeepaliveRequest) ProtoMessage() {}
 
 func (x *KeepaliveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[3]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -549,7 +669,7 @@ func (x *KeepaliveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepaliveRequest.ProtoReflect.Descriptor instead.
 func (*KeepaliveRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{3}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *KeepaliveRequest) GetHostId() string {
@@ -578,7 +698,7 @@ type KeepaliveResponse struct {
 
 func (x *KeepaliveResponse) Reset() {
 	*x = KeepaliveResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +710,7 @@ func (x *KeepaliveResponse) String() string {
 func (*KeepaliveResponse) ProtoMessage() {}
 
 func (x *KeepaliveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[4]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +723,7 @@ func (x *KeepaliveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepaliveResponse.ProtoReflect.Descriptor instead.
 func (*KeepaliveResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{4}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *KeepaliveResponse) GetKeepaliveIntervalMs() uint32 {
@@ -644,7 +764,7 @@ type TaskSource struct {
 
 func (x *TaskSource) Reset() {
 	*x = TaskSource{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -656,7 +776,7 @@ func (x *TaskSource) String() string {
 func (*TaskSource) ProtoMessage() {}
 
 func (x *TaskSource) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[5]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -669,7 +789,7 @@ func (x *TaskSource) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaskSource.ProtoReflect.Descriptor instead.
 func (*TaskSource) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{5}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TaskSource) GetRegistry() string {
@@ -746,7 +866,7 @@ type RegisterPeerRequest struct {
 
 func (x *RegisterPeerRequest) Reset() {
 	*x = RegisterPeerRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +878,7 @@ func (x *RegisterPeerRequest) String() string {
 func (*RegisterPeerRequest) ProtoMessage() {}
 
 func (x *RegisterPeerRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[6]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +891,7 @@ func (x *RegisterPeerRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPeerRequest.ProtoReflect.Descriptor instead.
 func (*RegisterPeerRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{6}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RegisterPeerRequest) GetHostId() string {
@@ -832,7 +952,7 @@ type RegisterPeerResponse struct {
 
 func (x *RegisterPeerResponse) Reset() {
 	*x = RegisterPeerResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +964,7 @@ func (x *RegisterPeerResponse) String() string {
 func (*RegisterPeerResponse) ProtoMessage() {}
 
 func (x *RegisterPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[7]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +977,7 @@ func (x *RegisterPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPeerResponse.ProtoReflect.Descriptor instead.
 func (*RegisterPeerResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{7}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RegisterPeerResponse) GetPeerId() string {
@@ -919,7 +1039,7 @@ type CandidateParent struct {
 
 func (x *CandidateParent) Reset() {
 	*x = CandidateParent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1051,7 @@ func (x *CandidateParent) String() string {
 func (*CandidateParent) ProtoMessage() {}
 
 func (x *CandidateParent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[8]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1064,7 @@ func (x *CandidateParent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CandidateParent.ProtoReflect.Descriptor instead.
 func (*CandidateParent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{8}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CandidateParent) GetPeerId() string {
@@ -1040,7 +1160,7 @@ type ProgressReport struct {
 
 func (x *ProgressReport) Reset() {
 	*x = ProgressReport{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1052,7 +1172,7 @@ func (x *ProgressReport) String() string {
 func (*ProgressReport) ProtoMessage() {}
 
 func (x *ProgressReport) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1065,7 +1185,7 @@ func (x *ProgressReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressReport.ProtoReflect.Descriptor instead.
 func (*ProgressReport) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ProgressReport) GetPeerId() string {
@@ -1191,7 +1311,7 @@ type NewBlocks struct {
 
 func (x *NewBlocks) Reset() {
 	*x = NewBlocks{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1203,7 +1323,7 @@ func (x *NewBlocks) String() string {
 func (*NewBlocks) ProtoMessage() {}
 
 func (x *NewBlocks) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1216,7 +1336,7 @@ func (x *NewBlocks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewBlocks.ProtoReflect.Descriptor instead.
 func (*NewBlocks) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *NewBlocks) GetIndexes() []uint32 {
@@ -1257,7 +1377,7 @@ type BlockFailure struct {
 
 func (x *BlockFailure) Reset() {
 	*x = BlockFailure{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1389,7 @@ func (x *BlockFailure) String() string {
 func (*BlockFailure) ProtoMessage() {}
 
 func (x *BlockFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1402,7 @@ func (x *BlockFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockFailure.ProtoReflect.Descriptor instead.
 func (*BlockFailure) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BlockFailure) GetIndex() uint32 {
@@ -1327,7 +1447,7 @@ type PeerFinished struct {
 
 func (x *PeerFinished) Reset() {
 	*x = PeerFinished{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1459,7 @@ func (x *PeerFinished) String() string {
 func (*PeerFinished) ProtoMessage() {}
 
 func (x *PeerFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1472,7 @@ func (x *PeerFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerFinished.ProtoReflect.Descriptor instead.
 func (*PeerFinished) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PeerFinished) GetTaskSize() uint64 {
@@ -1380,7 +1500,7 @@ type PeerFailed struct {
 
 func (x *PeerFailed) Reset() {
 	*x = PeerFailed{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1392,7 +1512,7 @@ func (x *PeerFailed) String() string {
 func (*PeerFailed) ProtoMessage() {}
 
 func (x *PeerFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1405,7 +1525,7 @@ func (x *PeerFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerFailed.ProtoReflect.Descriptor instead.
 func (*PeerFailed) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PeerFailed) GetMessage() string {
@@ -1431,7 +1551,7 @@ type SchedulerCommand struct {
 
 func (x *SchedulerCommand) Reset() {
 	*x = SchedulerCommand{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1443,7 +1563,7 @@ func (x *SchedulerCommand) String() string {
 func (*SchedulerCommand) ProtoMessage() {}
 
 func (x *SchedulerCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1456,7 +1576,7 @@ func (x *SchedulerCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerCommand.ProtoReflect.Descriptor instead.
 func (*SchedulerCommand) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SchedulerCommand) GetCommand() isSchedulerCommand_Command {
@@ -1515,7 +1635,7 @@ type NewParents struct {
 
 func (x *NewParents) Reset() {
 	*x = NewParents{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1647,7 @@ func (x *NewParents) String() string {
 func (*NewParents) ProtoMessage() {}
 
 func (x *NewParents) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1660,7 @@ func (x *NewParents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewParents.ProtoReflect.Descriptor instead.
 func (*NewParents) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NewParents) GetCandidates() []*CandidateParent {
@@ -1564,7 +1684,7 @@ type DirectiveChange struct {
 
 func (x *DirectiveChange) Reset() {
 	*x = DirectiveChange{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1576,7 +1696,7 @@ func (x *DirectiveChange) String() string {
 func (*DirectiveChange) ProtoMessage() {}
 
 func (x *DirectiveChange) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1589,7 +1709,7 @@ func (x *DirectiveChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectiveChange.ProtoReflect.Descriptor instead.
 func (*DirectiveChange) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DirectiveChange) GetDirective() Directive {
@@ -1623,7 +1743,7 @@ type GetCandidateParentsRequest struct {
 
 func (x *GetCandidateParentsRequest) Reset() {
 	*x = GetCandidateParentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1755,7 @@ func (x *GetCandidateParentsRequest) String() string {
 func (*GetCandidateParentsRequest) ProtoMessage() {}
 
 func (x *GetCandidateParentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1768,7 @@ func (x *GetCandidateParentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCandidateParentsRequest.ProtoReflect.Descriptor instead.
 func (*GetCandidateParentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *GetCandidateParentsRequest) GetPeerId() string {
@@ -1690,7 +1810,7 @@ type GetCandidateParentsResponse struct {
 
 func (x *GetCandidateParentsResponse) Reset() {
 	*x = GetCandidateParentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1702,7 +1822,7 @@ func (x *GetCandidateParentsResponse) String() string {
 func (*GetCandidateParentsResponse) ProtoMessage() {}
 
 func (x *GetCandidateParentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1715,7 +1835,7 @@ func (x *GetCandidateParentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCandidateParentsResponse.ProtoReflect.Descriptor instead.
 func (*GetCandidateParentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetCandidateParentsResponse) GetCandidates() []*CandidateParent {
@@ -1738,7 +1858,7 @@ type LeaveTaskRequest struct {
 
 func (x *LeaveTaskRequest) Reset() {
 	*x = LeaveTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1870,7 @@ func (x *LeaveTaskRequest) String() string {
 func (*LeaveTaskRequest) ProtoMessage() {}
 
 func (x *LeaveTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1883,7 @@ func (x *LeaveTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveTaskRequest.ProtoReflect.Descriptor instead.
 func (*LeaveTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *LeaveTaskRequest) GetPeerId() string {
@@ -1789,7 +1909,7 @@ type LeaveTaskResponse struct {
 
 func (x *LeaveTaskResponse) Reset() {
 	*x = LeaveTaskResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +1921,7 @@ func (x *LeaveTaskResponse) String() string {
 func (*LeaveTaskResponse) ProtoMessage() {}
 
 func (x *LeaveTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +1934,7 @@ func (x *LeaveTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveTaskResponse.ProtoReflect.Descriptor instead.
 func (*LeaveTaskResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 // LeaveHostRequest removes a host.
@@ -1828,7 +1948,7 @@ type LeaveHostRequest struct {
 
 func (x *LeaveHostRequest) Reset() {
 	*x = LeaveHostRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1840,7 +1960,7 @@ func (x *LeaveHostRequest) String() string {
 func (*LeaveHostRequest) ProtoMessage() {}
 
 func (x *LeaveHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1853,7 +1973,7 @@ func (x *LeaveHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveHostRequest.ProtoReflect.Descriptor instead.
 func (*LeaveHostRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *LeaveHostRequest) GetHostId() string {
@@ -1872,7 +1992,7 @@ type LeaveHostResponse struct {
 
 func (x *LeaveHostResponse) Reset() {
 	*x = LeaveHostResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1884,7 +2004,7 @@ func (x *LeaveHostResponse) String() string {
 func (*LeaveHostResponse) ProtoMessage() {}
 
 func (x *LeaveHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1897,7 +2017,7 @@ func (x *LeaveHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveHostResponse.ProtoReflect.Descriptor instead.
 func (*LeaveHostResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 // WatchHostRequest opens a host's command stream.
@@ -1911,7 +2031,7 @@ type WatchHostRequest struct {
 
 func (x *WatchHostRequest) Reset() {
 	*x = WatchHostRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +2043,7 @@ func (x *WatchHostRequest) String() string {
 func (*WatchHostRequest) ProtoMessage() {}
 
 func (x *WatchHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2056,7 @@ func (x *WatchHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHostRequest.ProtoReflect.Descriptor instead.
 func (*WatchHostRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *WatchHostRequest) GetHostId() string {
@@ -1962,7 +2082,7 @@ type HostCommand struct {
 
 func (x *HostCommand) Reset() {
 	*x = HostCommand{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2094,7 @@ func (x *HostCommand) String() string {
 func (*HostCommand) ProtoMessage() {}
 
 func (x *HostCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2107,7 @@ func (x *HostCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostCommand.ProtoReflect.Descriptor instead.
 func (*HostCommand) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *HostCommand) GetCommand() isHostCommand_Command {
@@ -2054,7 +2174,7 @@ type WarmTask struct {
 
 func (x *WarmTask) Reset() {
 	*x = WarmTask{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2066,7 +2186,7 @@ func (x *WarmTask) String() string {
 func (*WarmTask) ProtoMessage() {}
 
 func (x *WarmTask) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2079,7 +2199,7 @@ func (x *WarmTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WarmTask.ProtoReflect.Descriptor instead.
 func (*WarmTask) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WarmTask) GetTaskId() string {
@@ -2126,7 +2246,7 @@ type PrefetchTaskRequest struct {
 
 func (x *PrefetchTaskRequest) Reset() {
 	*x = PrefetchTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2138,7 +2258,7 @@ func (x *PrefetchTaskRequest) String() string {
 func (*PrefetchTaskRequest) ProtoMessage() {}
 
 func (x *PrefetchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2151,7 +2271,7 @@ func (x *PrefetchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchTaskRequest.ProtoReflect.Descriptor instead.
 func (*PrefetchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PrefetchTaskRequest) GetTaskId() string {
@@ -2199,7 +2319,7 @@ type PrefetchTaskResponse struct {
 
 func (x *PrefetchTaskResponse) Reset() {
 	*x = PrefetchTaskResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2211,7 +2331,7 @@ func (x *PrefetchTaskResponse) String() string {
 func (*PrefetchTaskResponse) ProtoMessage() {}
 
 func (x *PrefetchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2224,7 +2344,7 @@ func (x *PrefetchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchTaskResponse.ProtoReflect.Descriptor instead.
 func (*PrefetchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PrefetchTaskResponse) GetHostIds() []string {
@@ -2251,7 +2371,7 @@ type ReportPrefetchRequest struct {
 
 func (x *ReportPrefetchRequest) Reset() {
 	*x = ReportPrefetchRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2383,7 @@ func (x *ReportPrefetchRequest) String() string {
 func (*ReportPrefetchRequest) ProtoMessage() {}
 
 func (x *ReportPrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2396,7 @@ func (x *ReportPrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportPrefetchRequest.ProtoReflect.Descriptor instead.
 func (*ReportPrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReportPrefetchRequest) GetHostId() string {
@@ -2322,7 +2442,7 @@ type ReportPrefetchResponse struct {
 
 func (x *ReportPrefetchResponse) Reset() {
 	*x = ReportPrefetchResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2334,7 +2454,7 @@ func (x *ReportPrefetchResponse) String() string {
 func (*ReportPrefetchResponse) ProtoMessage() {}
 
 func (x *ReportPrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2347,7 +2467,7 @@ func (x *ReportPrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportPrefetchResponse.ProtoReflect.Descriptor instead.
 func (*ReportPrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 // GetPrefetchRequest names a task.
@@ -2360,7 +2480,7 @@ type GetPrefetchRequest struct {
 
 func (x *GetPrefetchRequest) Reset() {
 	*x = GetPrefetchRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2372,7 +2492,7 @@ func (x *GetPrefetchRequest) String() string {
 func (*GetPrefetchRequest) ProtoMessage() {}
 
 func (x *GetPrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2385,7 +2505,7 @@ func (x *GetPrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrefetchRequest.ProtoReflect.Descriptor instead.
 func (*GetPrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetPrefetchRequest) GetTaskId() string {
@@ -2408,7 +2528,7 @@ type HostPrefetch struct {
 
 func (x *HostPrefetch) Reset() {
 	*x = HostPrefetch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2420,7 +2540,7 @@ func (x *HostPrefetch) String() string {
 func (*HostPrefetch) ProtoMessage() {}
 
 func (x *HostPrefetch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2433,7 +2553,7 @@ func (x *HostPrefetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostPrefetch.ProtoReflect.Descriptor instead.
 func (*HostPrefetch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *HostPrefetch) GetHostId() string {
@@ -2474,7 +2594,7 @@ type GetPrefetchResponse struct {
 
 func (x *GetPrefetchResponse) Reset() {
 	*x = GetPrefetchResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2486,7 +2606,7 @@ func (x *GetPrefetchResponse) String() string {
 func (*GetPrefetchResponse) ProtoMessage() {}
 
 func (x *GetPrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2499,7 +2619,7 @@ func (x *GetPrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrefetchResponse.ProtoReflect.Descriptor instead.
 func (*GetPrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *GetPrefetchResponse) GetHosts() []*HostPrefetch {
@@ -2540,7 +2660,7 @@ type SeedTask struct {
 
 func (x *SeedTask) Reset() {
 	*x = SeedTask{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2552,7 +2672,7 @@ func (x *SeedTask) String() string {
 func (*SeedTask) ProtoMessage() {}
 
 func (x *SeedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2565,7 +2685,7 @@ func (x *SeedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
 func (*SeedTask) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SeedTask) GetTaskId() string {
@@ -2614,7 +2734,14 @@ var File_scheduler_v1_scheduler_proto protoreflect.FileDescriptor
 
 const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\n" +
-	"\x1cscheduler/v1/scheduler.proto\x12\x15p2pimage.scheduler.v1\"\xcb\x02\n" +
+	"\x1cscheduler/v1/scheduler.proto\x12\x15p2pimage.scheduler.v1\"T\n" +
+	"\x17IssueCertificateRequest\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\x12'\n" +
+	"\x0fbootstrap_token\x18\x02 \x01(\tR\x0ebootstrapToken\"r\n" +
+	"\x18IssueCertificateResponse\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\fR\vcertificate\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\fR\x02ca\x12$\n" +
+	"\x0enot_after_unix\x18\x03 \x01(\x03R\fnotAfterUnix\"\xcb\x02\n" +
 	"\x13AnnounceHostRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12#\n" +
@@ -2813,7 +2940,9 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\tWatchHost\x12'.p2pimage.scheduler.v1.WatchHostRequest\x1a\".p2pimage.scheduler.v1.HostCommand0\x01\x12g\n" +
 	"\fPrefetchTask\x12*.p2pimage.scheduler.v1.PrefetchTaskRequest\x1a+.p2pimage.scheduler.v1.PrefetchTaskResponse\x12m\n" +
 	"\x0eReportPrefetch\x12,.p2pimage.scheduler.v1.ReportPrefetchRequest\x1a-.p2pimage.scheduler.v1.ReportPrefetchResponse\x12d\n" +
-	"\vGetPrefetch\x12).p2pimage.scheduler.v1.GetPrefetchRequest\x1a*.p2pimage.scheduler.v1.GetPrefetchResponseBDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
+	"\vGetPrefetch\x12).p2pimage.scheduler.v1.GetPrefetchRequest\x1a*.p2pimage.scheduler.v1.GetPrefetchResponse2\x83\x01\n" +
+	"\fCertificates\x12s\n" +
+	"\x10IssueCertificate\x12..p2pimage.scheduler.v1.IssueCertificateRequest\x1a/.p2pimage.scheduler.v1.IssueCertificateResponseBDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
 
 var (
 	file_scheduler_v1_scheduler_proto_rawDescOnce sync.Once
@@ -2828,97 +2957,101 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(HostType)(0),                       // 0: p2pimage.scheduler.v1.HostType
 	(Directive)(0),                      // 1: p2pimage.scheduler.v1.Directive
 	(FailureReason)(0),                  // 2: p2pimage.scheduler.v1.FailureReason
 	(PrefetchState)(0),                  // 3: p2pimage.scheduler.v1.PrefetchState
-	(*AnnounceHostRequest)(nil),         // 4: p2pimage.scheduler.v1.AnnounceHostRequest
-	(*AnnounceHostResponse)(nil),        // 5: p2pimage.scheduler.v1.AnnounceHostResponse
-	(*HostState)(nil),                   // 6: p2pimage.scheduler.v1.HostState
-	(*KeepaliveRequest)(nil),            // 7: p2pimage.scheduler.v1.KeepaliveRequest
-	(*KeepaliveResponse)(nil),           // 8: p2pimage.scheduler.v1.KeepaliveResponse
-	(*TaskSource)(nil),                  // 9: p2pimage.scheduler.v1.TaskSource
-	(*RegisterPeerRequest)(nil),         // 10: p2pimage.scheduler.v1.RegisterPeerRequest
-	(*RegisterPeerResponse)(nil),        // 11: p2pimage.scheduler.v1.RegisterPeerResponse
-	(*CandidateParent)(nil),             // 12: p2pimage.scheduler.v1.CandidateParent
-	(*ProgressReport)(nil),              // 13: p2pimage.scheduler.v1.ProgressReport
-	(*NewBlocks)(nil),                   // 14: p2pimage.scheduler.v1.NewBlocks
-	(*BlockFailure)(nil),                // 15: p2pimage.scheduler.v1.BlockFailure
-	(*PeerFinished)(nil),                // 16: p2pimage.scheduler.v1.PeerFinished
-	(*PeerFailed)(nil),                  // 17: p2pimage.scheduler.v1.PeerFailed
-	(*SchedulerCommand)(nil),            // 18: p2pimage.scheduler.v1.SchedulerCommand
-	(*NewParents)(nil),                  // 19: p2pimage.scheduler.v1.NewParents
-	(*DirectiveChange)(nil),             // 20: p2pimage.scheduler.v1.DirectiveChange
-	(*GetCandidateParentsRequest)(nil),  // 21: p2pimage.scheduler.v1.GetCandidateParentsRequest
-	(*GetCandidateParentsResponse)(nil), // 22: p2pimage.scheduler.v1.GetCandidateParentsResponse
-	(*LeaveTaskRequest)(nil),            // 23: p2pimage.scheduler.v1.LeaveTaskRequest
-	(*LeaveTaskResponse)(nil),           // 24: p2pimage.scheduler.v1.LeaveTaskResponse
-	(*LeaveHostRequest)(nil),            // 25: p2pimage.scheduler.v1.LeaveHostRequest
-	(*LeaveHostResponse)(nil),           // 26: p2pimage.scheduler.v1.LeaveHostResponse
-	(*WatchHostRequest)(nil),            // 27: p2pimage.scheduler.v1.WatchHostRequest
-	(*HostCommand)(nil),                 // 28: p2pimage.scheduler.v1.HostCommand
-	(*WarmTask)(nil),                    // 29: p2pimage.scheduler.v1.WarmTask
-	(*PrefetchTaskRequest)(nil),         // 30: p2pimage.scheduler.v1.PrefetchTaskRequest
-	(*PrefetchTaskResponse)(nil),        // 31: p2pimage.scheduler.v1.PrefetchTaskResponse
-	(*ReportPrefetchRequest)(nil),       // 32: p2pimage.scheduler.v1.ReportPrefetchRequest
-	(*ReportPrefetchResponse)(nil),      // 33: p2pimage.scheduler.v1.ReportPrefetchResponse
-	(*GetPrefetchRequest)(nil),          // 34: p2pimage.scheduler.v1.GetPrefetchRequest
-	(*HostPrefetch)(nil),                // 35: p2pimage.scheduler.v1.HostPrefetch
-	(*GetPrefetchResponse)(nil),         // 36: p2pimage.scheduler.v1.GetPrefetchResponse
-	(*SeedTask)(nil),                    // 37: p2pimage.scheduler.v1.SeedTask
+	(*IssueCertificateRequest)(nil),     // 4: p2pimage.scheduler.v1.IssueCertificateRequest
+	(*IssueCertificateResponse)(nil),    // 5: p2pimage.scheduler.v1.IssueCertificateResponse
+	(*AnnounceHostRequest)(nil),         // 6: p2pimage.scheduler.v1.AnnounceHostRequest
+	(*AnnounceHostResponse)(nil),        // 7: p2pimage.scheduler.v1.AnnounceHostResponse
+	(*HostState)(nil),                   // 8: p2pimage.scheduler.v1.HostState
+	(*KeepaliveRequest)(nil),            // 9: p2pimage.scheduler.v1.KeepaliveRequest
+	(*KeepaliveResponse)(nil),           // 10: p2pimage.scheduler.v1.KeepaliveResponse
+	(*TaskSource)(nil),                  // 11: p2pimage.scheduler.v1.TaskSource
+	(*RegisterPeerRequest)(nil),         // 12: p2pimage.scheduler.v1.RegisterPeerRequest
+	(*RegisterPeerResponse)(nil),        // 13: p2pimage.scheduler.v1.RegisterPeerResponse
+	(*CandidateParent)(nil),             // 14: p2pimage.scheduler.v1.CandidateParent
+	(*ProgressReport)(nil),              // 15: p2pimage.scheduler.v1.ProgressReport
+	(*NewBlocks)(nil),                   // 16: p2pimage.scheduler.v1.NewBlocks
+	(*BlockFailure)(nil),                // 17: p2pimage.scheduler.v1.BlockFailure
+	(*PeerFinished)(nil),                // 18: p2pimage.scheduler.v1.PeerFinished
+	(*PeerFailed)(nil),                  // 19: p2pimage.scheduler.v1.PeerFailed
+	(*SchedulerCommand)(nil),            // 20: p2pimage.scheduler.v1.SchedulerCommand
+	(*NewParents)(nil),                  // 21: p2pimage.scheduler.v1.NewParents
+	(*DirectiveChange)(nil),             // 22: p2pimage.scheduler.v1.DirectiveChange
+	(*GetCandidateParentsRequest)(nil),  // 23: p2pimage.scheduler.v1.GetCandidateParentsRequest
+	(*GetCandidateParentsResponse)(nil), // 24: p2pimage.scheduler.v1.GetCandidateParentsResponse
+	(*LeaveTaskRequest)(nil),            // 25: p2pimage.scheduler.v1.LeaveTaskRequest
+	(*LeaveTaskResponse)(nil),           // 26: p2pimage.scheduler.v1.LeaveTaskResponse
+	(*LeaveHostRequest)(nil),            // 27: p2pimage.scheduler.v1.LeaveHostRequest
+	(*LeaveHostResponse)(nil),           // 28: p2pimage.scheduler.v1.LeaveHostResponse
+	(*WatchHostRequest)(nil),            // 29: p2pimage.scheduler.v1.WatchHostRequest
+	(*HostCommand)(nil),                 // 30: p2pimage.scheduler.v1.HostCommand
+	(*WarmTask)(nil),                    // 31: p2pimage.scheduler.v1.WarmTask
+	(*PrefetchTaskRequest)(nil),         // 32: p2pimage.scheduler.v1.PrefetchTaskRequest
+	(*PrefetchTaskResponse)(nil),        // 33: p2pimage.scheduler.v1.PrefetchTaskResponse
+	(*ReportPrefetchRequest)(nil),       // 34: p2pimage.scheduler.v1.ReportPrefetchRequest
+	(*ReportPrefetchResponse)(nil),      // 35: p2pimage.scheduler.v1.ReportPrefetchResponse
+	(*GetPrefetchRequest)(nil),          // 36: p2pimage.scheduler.v1.GetPrefetchRequest
+	(*HostPrefetch)(nil),                // 37: p2pimage.scheduler.v1.HostPrefetch
+	(*GetPrefetchResponse)(nil),         // 38: p2pimage.scheduler.v1.GetPrefetchResponse
+	(*SeedTask)(nil),                    // 39: p2pimage.scheduler.v1.SeedTask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	0,  // 0: p2pimage.scheduler.v1.AnnounceHostRequest.type:type_name -> p2pimage.scheduler.v1.HostType
-	6,  // 1: p2pimage.scheduler.v1.KeepaliveRequest.state:type_name -> p2pimage.scheduler.v1.HostState
-	9,  // 2: p2pimage.scheduler.v1.RegisterPeerRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	12, // 3: p2pimage.scheduler.v1.RegisterPeerResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	8,  // 1: p2pimage.scheduler.v1.KeepaliveRequest.state:type_name -> p2pimage.scheduler.v1.HostState
+	11, // 2: p2pimage.scheduler.v1.RegisterPeerRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	14, // 3: p2pimage.scheduler.v1.RegisterPeerResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
 	1,  // 4: p2pimage.scheduler.v1.RegisterPeerResponse.directive:type_name -> p2pimage.scheduler.v1.Directive
-	6,  // 5: p2pimage.scheduler.v1.CandidateParent.host_state:type_name -> p2pimage.scheduler.v1.HostState
+	8,  // 5: p2pimage.scheduler.v1.CandidateParent.host_state:type_name -> p2pimage.scheduler.v1.HostState
 	0,  // 6: p2pimage.scheduler.v1.CandidateParent.host_type:type_name -> p2pimage.scheduler.v1.HostType
-	14, // 7: p2pimage.scheduler.v1.ProgressReport.new_blocks:type_name -> p2pimage.scheduler.v1.NewBlocks
-	15, // 8: p2pimage.scheduler.v1.ProgressReport.block_failure:type_name -> p2pimage.scheduler.v1.BlockFailure
-	16, // 9: p2pimage.scheduler.v1.ProgressReport.finished:type_name -> p2pimage.scheduler.v1.PeerFinished
-	17, // 10: p2pimage.scheduler.v1.ProgressReport.failed:type_name -> p2pimage.scheduler.v1.PeerFailed
+	16, // 7: p2pimage.scheduler.v1.ProgressReport.new_blocks:type_name -> p2pimage.scheduler.v1.NewBlocks
+	17, // 8: p2pimage.scheduler.v1.ProgressReport.block_failure:type_name -> p2pimage.scheduler.v1.BlockFailure
+	18, // 9: p2pimage.scheduler.v1.ProgressReport.finished:type_name -> p2pimage.scheduler.v1.PeerFinished
+	19, // 10: p2pimage.scheduler.v1.ProgressReport.failed:type_name -> p2pimage.scheduler.v1.PeerFailed
 	2,  // 11: p2pimage.scheduler.v1.BlockFailure.reason:type_name -> p2pimage.scheduler.v1.FailureReason
-	19, // 12: p2pimage.scheduler.v1.SchedulerCommand.new_parents:type_name -> p2pimage.scheduler.v1.NewParents
-	20, // 13: p2pimage.scheduler.v1.SchedulerCommand.directive_change:type_name -> p2pimage.scheduler.v1.DirectiveChange
-	12, // 14: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	21, // 12: p2pimage.scheduler.v1.SchedulerCommand.new_parents:type_name -> p2pimage.scheduler.v1.NewParents
+	22, // 13: p2pimage.scheduler.v1.SchedulerCommand.directive_change:type_name -> p2pimage.scheduler.v1.DirectiveChange
+	14, // 14: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
 	1,  // 15: p2pimage.scheduler.v1.DirectiveChange.directive:type_name -> p2pimage.scheduler.v1.Directive
-	12, // 16: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
-	37, // 17: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
-	29, // 18: p2pimage.scheduler.v1.HostCommand.warm_task:type_name -> p2pimage.scheduler.v1.WarmTask
-	9,  // 19: p2pimage.scheduler.v1.WarmTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	9,  // 20: p2pimage.scheduler.v1.PrefetchTaskRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	14, // 16: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	39, // 17: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
+	31, // 18: p2pimage.scheduler.v1.HostCommand.warm_task:type_name -> p2pimage.scheduler.v1.WarmTask
+	11, // 19: p2pimage.scheduler.v1.WarmTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	11, // 20: p2pimage.scheduler.v1.PrefetchTaskRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
 	3,  // 21: p2pimage.scheduler.v1.ReportPrefetchRequest.state:type_name -> p2pimage.scheduler.v1.PrefetchState
 	3,  // 22: p2pimage.scheduler.v1.HostPrefetch.state:type_name -> p2pimage.scheduler.v1.PrefetchState
-	35, // 23: p2pimage.scheduler.v1.GetPrefetchResponse.hosts:type_name -> p2pimage.scheduler.v1.HostPrefetch
-	9,  // 24: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	4,  // 25: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
-	7,  // 26: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
-	10, // 27: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
-	13, // 28: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
-	21, // 29: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
-	23, // 30: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
-	25, // 31: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
-	27, // 32: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
-	30, // 33: p2pimage.scheduler.v1.Scheduler.PrefetchTask:input_type -> p2pimage.scheduler.v1.PrefetchTaskRequest
-	32, // 34: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:input_type -> p2pimage.scheduler.v1.ReportPrefetchRequest
-	34, // 35: p2pimage.scheduler.v1.Scheduler.GetPrefetch:input_type -> p2pimage.scheduler.v1.GetPrefetchRequest
-	5,  // 36: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
-	8,  // 37: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
-	11, // 38: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
-	18, // 39: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
-	22, // 40: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
-	24, // 41: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
-	26, // 42: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
-	28, // 43: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
-	31, // 44: p2pimage.scheduler.v1.Scheduler.PrefetchTask:output_type -> p2pimage.scheduler.v1.PrefetchTaskResponse
-	33, // 45: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:output_type -> p2pimage.scheduler.v1.ReportPrefetchResponse
-	36, // 46: p2pimage.scheduler.v1.Scheduler.GetPrefetch:output_type -> p2pimage.scheduler.v1.GetPrefetchResponse
-	36, // [36:47] is the sub-list for method output_type
-	25, // [25:36] is the sub-list for method input_type
+	37, // 23: p2pimage.scheduler.v1.GetPrefetchResponse.hosts:type_name -> p2pimage.scheduler.v1.HostPrefetch
+	11, // 24: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	6,  // 25: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
+	9,  // 26: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
+	12, // 27: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
+	15, // 28: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
+	23, // 29: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
+	25, // 30: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
+	27, // 31: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
+	29, // 32: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
+	32, // 33: p2pimage.scheduler.v1.Scheduler.PrefetchTask:input_type -> p2pimage.scheduler.v1.PrefetchTaskRequest
+	34, // 34: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:input_type -> p2pimage.scheduler.v1.ReportPrefetchRequest
+	36, // 35: p2pimage.scheduler.v1.Scheduler.GetPrefetch:input_type -> p2pimage.scheduler.v1.GetPrefetchRequest
+	4,  // 36: p2pimage.scheduler.v1.Certificates.IssueCertificate:input_type -> p2pimage.scheduler.v1.IssueCertificateRequest
+	7,  // 37: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
+	10, // 38: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
+	13, // 39: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
+	20, // 40: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
+	24, // 41: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
+	26, // 42: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
+	28, // 43: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
+	30, // 44: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
+	33, // 45: p2pimage.scheduler.v1.Scheduler.PrefetchTask:output_type -> p2pimage.scheduler.v1.PrefetchTaskResponse
+	35, // 46: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:output_type -> p2pimage.scheduler.v1.ReportPrefetchResponse
+	38, // 47: p2pimage.scheduler.v1.Scheduler.GetPrefetch:output_type -> p2pimage.scheduler.v1.GetPrefetchResponse
+	5,  // 48: p2pimage.scheduler.v1.Certificates.IssueCertificate:output_type -> p2pimage.scheduler.v1.IssueCertificateResponse
+	37, // [37:49] is the sub-list for method output_type
+	25, // [25:37] is the sub-list for method input_type
 	25, // [25:25] is the sub-list for extension type_name
 	25, // [25:25] is the sub-list for extension extendee
 	0,  // [0:25] is the sub-list for field type_name
@@ -2929,18 +3062,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 	if File_scheduler_v1_scheduler_proto != nil {
 		return
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[9].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[11].OneofWrappers = []any{
 		(*ProgressReport_HeldBitmap)(nil),
 		(*ProgressReport_NewBlocks)(nil),
 		(*ProgressReport_BlockFailure)(nil),
 		(*ProgressReport_Finished)(nil),
 		(*ProgressReport_Failed)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[14].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[16].OneofWrappers = []any{
 		(*SchedulerCommand_NewParents)(nil),
 		(*SchedulerCommand_DirectiveChange)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[24].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[26].OneofWrappers = []any{
 		(*HostCommand_SeedTask)(nil),
 		(*HostCommand_WarmTask)(nil),
 	}
@@ -2950,9 +3083,9 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_scheduler_v1_scheduler_proto_goTypes,
 		DependencyIndexes: file_scheduler_v1_scheduler_proto_depIdxs,

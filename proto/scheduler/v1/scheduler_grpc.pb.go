@@ -587,3 +587,117 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "scheduler/v1/scheduler.proto",
 }
+
+const (
+	Certificates_IssueCertificate_FullMethodName = "/p2pimage.scheduler.v1.Certificates/IssueCertificate"
+)
+
+// CertificatesClient is the client API for Certificates service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Certificates issues the cluster's mutual-TLS certificates (docs/security.md), when the
+// scheduler holds the cluster's CA key: to a host that presents a bootstrap token, or, for a
+// host that presents a certificate the CA signed, a renewal for the same name. The scheduler
+// serves it on its gRPC address beside Scheduler; it is the one method a client without a
+// certificate may call there.
+type CertificatesClient interface {
+	IssueCertificate(ctx context.Context, in *IssueCertificateRequest, opts ...grpc.CallOption) (*IssueCertificateResponse, error)
+}
+
+type certificatesClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCertificatesClient(cc grpc.ClientConnInterface) CertificatesClient {
+	return &certificatesClient{cc}
+}
+
+func (c *certificatesClient) IssueCertificate(ctx context.Context, in *IssueCertificateRequest, opts ...grpc.CallOption) (*IssueCertificateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(IssueCertificateResponse)
+	err := c.cc.Invoke(ctx, Certificates_IssueCertificate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CertificatesServer is the server API for Certificates service.
+// All implementations must embed UnimplementedCertificatesServer
+// for forward compatibility.
+//
+// Certificates issues the cluster's mutual-TLS certificates (docs/security.md), when the
+// scheduler holds the cluster's CA key: to a host that presents a bootstrap token, or, for a
+// host that presents a certificate the CA signed, a renewal for the same name. The scheduler
+// serves it on its gRPC address beside Scheduler; it is the one method a client without a
+// certificate may call there.
+type CertificatesServer interface {
+	IssueCertificate(context.Context, *IssueCertificateRequest) (*IssueCertificateResponse, error)
+	mustEmbedUnimplementedCertificatesServer()
+}
+
+// UnimplementedCertificatesServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCertificatesServer struct{}
+
+func (UnimplementedCertificatesServer) IssueCertificate(context.Context, *IssueCertificateRequest) (*IssueCertificateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method IssueCertificate not implemented")
+}
+func (UnimplementedCertificatesServer) mustEmbedUnimplementedCertificatesServer() {}
+func (UnimplementedCertificatesServer) testEmbeddedByValue()                      {}
+
+// UnsafeCertificatesServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CertificatesServer will
+// result in compilation errors.
+type UnsafeCertificatesServer interface {
+	mustEmbedUnimplementedCertificatesServer()
+}
+
+func RegisterCertificatesServer(s grpc.ServiceRegistrar, srv CertificatesServer) {
+	// If the following call panics, it indicates UnimplementedCertificatesServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Certificates_ServiceDesc, srv)
+}
+
+func _Certificates_IssueCertificate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(IssueCertificateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CertificatesServer).IssueCertificate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Certificates_IssueCertificate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CertificatesServer).IssueCertificate(ctx, req.(*IssueCertificateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Certificates_ServiceDesc is the grpc.ServiceDesc for Certificates service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Certificates_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "p2pimage.scheduler.v1.Certificates",
+	HandlerType: (*CertificatesServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "IssueCertificate",
+			Handler:    _Certificates_IssueCertificate_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "scheduler/v1/scheduler.proto",
+}
