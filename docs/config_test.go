@@ -30,6 +30,9 @@ func TestConfigDocMatchesDefaults(t *testing.T) {
 	} {
 		t.Run(strings.TrimPrefix(tc.heading, "## "), func(t *testing.T) {
 			doc := docBlock(t, "config.md", tc.heading)
+			if tc.heading == "## p2p-snapshotter" && doc != string(snapshotter.DefaultTOML()) {
+				t.Errorf("the block differs from snapshotter/default.toml (p2p-snapshotter config default); keep them equal")
+			}
 			path := filepath.Join(t.TempDir(), "config.toml")
 			if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 				t.Fatal(err)

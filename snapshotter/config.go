@@ -2,11 +2,13 @@ package snapshotter
 
 import (
 	"bytes"
+	_ "embed"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	units "github.com/docker/go-units"
@@ -148,6 +150,14 @@ type LazyConfig struct {
 	Stargz bool `toml:"stargz"`
 }
 
+//go:embed default.toml
+var defaultTOML []byte
+
+// DefaultTOML returns the default configuration as a TOML file, every key set to its default
+// with a comment saying what it does (`p2p-snapshotter config default`; docs/config.md shows
+// the same, and its test keeps both equal to DefaultConfig).
+func DefaultTOML() []byte { return bytes.Clone(defaultTOML) }
+
 // DefaultConfig returns the configuration used when no file or flag says otherwise.
 func DefaultConfig() Config {
 	return Config{
@@ -184,7 +194,12 @@ func ReadConfig(path string) (Config, error) {
 	if err := dec.Decode(&cfg); err != nil {
 		var strict *toml.StrictMissingError
 		if errors.As(err, &strict) {
-			return cfg, fmt.Errorf("config %s: %s", path, strict.String())
+			errs := make([]error, 0, len(strict.Errors))
+			for _, e := range strict.Errors {
+				row, col := e.Position()
+				errs = append(errs, fmt.Errorf("config %s:%d:%d: unknown key %s", path, row, col, strings.Join(e.Key(), ".")))
+			}
+			return cfg, errors.Join(errs...)
 		}
 		var derr *toml.DecodeError
 		if errors.As(err, &derr) {

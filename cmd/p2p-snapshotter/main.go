@@ -112,7 +112,7 @@ func newCommand() *cobra.Command {
 	f.StringVar(&flags.Metrics.Address, "metrics-address", "", "host:port serving Prometheus metrics at /metrics; empty: none")
 	f.StringVar(&flags.P2P.AdvertiseAddress, "advertise-address", "", "host:port other peers dial for this node's blocks (p2p.advertise_address), e.g. the node's IP in a DaemonSet")
 	f.StringVar(&flags.Debug.Address, "debug-address", "", "host:port serving Go's pprof profiles at /debug/pprof/; empty: none (bind it to loopback)")
-	cmd.AddCommand(newFuseManagerCommand())
+	cmd.AddCommand(newFuseManagerCommand(), newConfigCommand())
 	return cmd
 }
 
