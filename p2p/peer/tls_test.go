@@ -18,13 +18,7 @@ import (
 func TestBlocksOverMutualTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, other := tlstest.NewAuthority(t, "cluster"), tlstest.NewAuthority(t, "other")
-	identity := func(f tlsfiles.Files) *tlsfiles.Identity {
-		id, err := tlsfiles.Load(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
+	identity := func(f tlsfiles.Files) *tlsfiles.Identity { return tlstest.Load(t, f) }
 	h := newHolder(t)
 	close(h.gate)
 	s := NewServer(h)

@@ -210,13 +210,7 @@ func TestWarmTask(t *testing.T) {
 func TestSchedulerOverMutualTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, other := tlstest.NewAuthority(t, "cluster"), tlstest.NewAuthority(t, "other")
-	identity := func(f tlsfiles.Files) *tlsfiles.Identity {
-		id, err := tlsfiles.Load(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return id
-	}
+	identity := func(f tlsfiles.Files) *tlsfiles.Identity { return tlstest.Load(t, f) }
 	sp := startScheduler(t, "", grpc.Creds(credentials.NewTLS(identity(ca.Valid(t, dir, "scheduler")).ServerConfig())))
 	for _, tc := range []struct {
 		name string

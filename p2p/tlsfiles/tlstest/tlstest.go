@@ -102,6 +102,16 @@ func (a *Authority) WriteCA(t testing.TB, dir string) (cert, key string) {
 	return cert, key
 }
 
+// Load loads the identity files make, failing the test if it cannot.
+func Load(t testing.TB, files tlsfiles.Files) *tlsfiles.Identity {
+	t.Helper()
+	id, err := tlsfiles.Load(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 // Valid issues a certificate valid for an hour either side of now.
 func (a *Authority) Valid(t testing.TB, dir, name string) tlsfiles.Files {
 	t.Helper()
