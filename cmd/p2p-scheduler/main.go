@@ -167,7 +167,9 @@ func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 	case t.CA != "":
 		var id *tlsfiles.Identity
 		if id, err = tlsfiles.Load(tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key}); err == nil {
-			sopts = append(sopts, grpc.Creds(credentials.NewTLS(id.ServerConfig())))
+			// Client certificates are required of every call but health checks, which
+			// probes make without one.
+			sopts = append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(id.ServerConfigVerifyIfGiven()))}, issuer.RequireClientCert()...)
 		}
 	}
 	if err != nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -13,8 +14,15 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
+	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles/tlstest"
+	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 )
 
 func TestServeAndStop(t *testing.T) {
@@ -139,5 +147,61 @@ func TestVersion(t *testing.T) {
 		if !strings.Contains(out.String(), version) {
 			t.Fatalf("%v: got %q; want the version", args, out.String())
 		}
+	}
+}
+
+// TestServeMutualTLS: with [tls] files the service takes only clients with a certificate of
+// the CA, but answers health checks without one (probes make them so).
+func TestServeMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewAuthority(t, "cluster CA")
+	f := ca.Valid(t, dir, "scheduler")
+	path := filepath.Join(dir, "config.toml")
+	toml := "version = 1\nlog_level = \"error\"\n[tls]\nca = \"" + f.CA + "\"\ncert = \"" + f.Cert + "\"\nkey = \"" + f.Key + "\"\n"
+	if err := os.WriteFile(path, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	listening := make(chan net.Addr, 1)
+	cmd := newCommand(func(g, _ net.Addr) { listening <- g })
+	cmd.SetArgs([]string{"--config", path, "--address", "127.0.0.1:0"})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	var addr net.Addr
+	select {
+	case addr = <-listening:
+	case err := <-done:
+		t.Fatalf("exited early: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not listening")
+	}
+	dial := func(cfg *tls.Config) *grpc.ClientConn {
+		conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	anonymous, err := tlsfiles.ServerOnlyConfig(f.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member := tlstest.Load(t, ca.Valid(t, dir, "host")).ClientConfig()
+	rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer rcancel()
+	if resp, err := healthpb.NewHealthClient(dial(anonymous)).Check(rctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health without a client certificate: %v, %v; want SERVING", resp, err)
+	}
+	announce := &schedulerv1.AnnounceHostRequest{HostId: "h", BlockAddress: "127.0.0.1:1"}
+	if _, err := schedulerv1.NewSchedulerClient(dial(anonymous)).AnnounceHost(rctx, announce); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("announce without a client certificate: %v; want Unauthenticated", err)
+	}
+	if _, err := schedulerv1.NewSchedulerClient(dial(member)).AnnounceHost(rctx, announce); err != nil {
+		t.Errorf("announce with a certificate of the CA: %v", err)
 	}
 }

@@ -115,6 +115,17 @@ func (id *Identity) ValidFor(d time.Duration) bool {
 // ServerConfig returns the configuration of a server that requires a client certificate the
 // CA signed.
 func (id *Identity) ServerConfig() *tls.Config {
+	return id.serverConfig(tls.RequireAndVerifyClientCert)
+}
+
+// ServerConfigVerifyIfGiven is ServerConfig for a server that checks a client certificate
+// when one is given and lets the caller require it per request (a gRPC service whose health
+// checks need none: issuer.RequireClientCert).
+func (id *Identity) ServerConfigVerifyIfGiven() *tls.Config {
+	return id.serverConfig(tls.VerifyClientCertIfGiven)
+}
+
+func (id *Identity) serverConfig(auth tls.ClientAuthType) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
@@ -122,7 +133,7 @@ func (id *Identity) ServerConfig() *tls.Config {
 			return &tls.Config{
 				MinVersion:   tls.VersionTLS13,
 				Certificates: []tls.Certificate{*cert},
-				ClientAuth:   tls.RequireAndVerifyClientCert,
+				ClientAuth:   auth,
 				ClientCAs:    pool,
 			}, nil
 		},
