@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 
@@ -53,7 +52,7 @@ type Selection struct {
 // TOC only when the builder marked none), or the whole layer for a layer that cannot say.
 // Whatever it warms, the layer's index or TOC comes first, so a mount after it reads nothing
 // more to start. progress, if set, is called as blocks arrive with the bytes warmed and the
-// bytes asked for, from several goroutines at once.
+// bytes asked for, one call at a time, the bytes warmed never decreasing.
 func (n *Node) Prefetch(ctx context.Context, src seed.Source, sel Selection, progress func(done, total int64)) error {
 	if progress == nil {
 		progress = func(int64, int64) {}
@@ -171,7 +170,8 @@ func warm(ctx context.Context, window int, pieces [][2]int64, progress func(done
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		done     atomic.Int64
+		mu       sync.Mutex // serializes progress, so that done only grows
+		done     int64
 		wg       sync.WaitGroup
 		errOnce  sync.Once
 		firstErr error
@@ -191,7 +191,10 @@ func warm(ctx context.Context, window int, pieces [][2]int64, progress func(done
 				errOnce.Do(func() { firstErr = fmt.Errorf("warm [%d, %d): %w", p[0], p[1], err); cancel() })
 				return
 			}
-			progress(done.Add(p[1]-p[0]), total)
+			mu.Lock()
+			done += p[1] - p[0]
+			progress(done, total)
+			mu.Unlock()
 		})
 	}
 	wg.Wait()

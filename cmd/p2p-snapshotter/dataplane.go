@@ -220,12 +220,9 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 		if n == nil {
 			return 0, errors.New("the node is not started yet")
 		}
-		var warmed atomic.Int64
-		err := n.Prefetch(ctx, src, p2p.Selection{Files: files, All: all}, func(done, _ int64) {
-			for old := warmed.Load(); done > old && !warmed.CompareAndSwap(old, done); old = warmed.Load() {
-			}
-		})
-		return warmed.Load(), err
+		var warmed int64 // progress calls come one at a time
+		err := n.Prefetch(ctx, src, p2p.Selection{Files: files, All: all}, func(done, _ int64) { warmed = done })
+		return warmed, err
 	})}
 	if cfg.P2P.Seed {
 		opts = append(opts, scheduling.WithSeedHandler(func(ctx context.Context, src seed.Source) {

@@ -63,16 +63,7 @@ func TestLazyPullThroughMirror(t *testing.T) {
 		}
 	}
 
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := string(body)
+	m := scrapeMetrics(t, metricsAddr)
 	if want := fmt.Sprintf("p2p_layers_prepared_total{outcome=%q} %d\n", "lazy", len(img.Layers)); !strings.Contains(m, want) {
 		t.Errorf("the daemon's metrics have no %q", want)
 	}
@@ -81,6 +72,21 @@ func TestLazyPullThroughMirror(t *testing.T) {
 			t.Errorf("the daemon's metrics show no %s (the FUSE manager's data plane): %v", counter, v)
 		}
 	}
+}
+
+// scrapeMetrics returns the daemon's Prometheus metrics at addr (its --metrics-address).
+func scrapeMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 // setupMirror starts a registry and an environment whose daemon is the registry's mirror

@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"io"
-	"net/http"
 	"os"
 	"regexp"
 	"strconv"
@@ -88,21 +86,13 @@ func (s soakState) within(base soakState) bool {
 // soakSample reads the daemon's metrics and this machine's mount table.
 func soakSample(t *testing.T, metricsAddr string) soakState {
 	t.Helper()
-	resp, err := http.Get("http://" + metricsAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, err := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	body := scrapeMetrics(t, metricsAddr)
 	value := func(name string) int {
-		m := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+]+)$`).FindSubmatch(body)
+		m := regexp.MustCompile(`(?m)^` + name + ` ([0-9.e+]+)$`).FindStringSubmatch(body)
 		if m == nil {
 			t.Fatalf("the daemon's metrics have no %s", name)
 		}
-		v, err := strconv.ParseFloat(string(m[1]), 64)
+		v, err := strconv.ParseFloat(m[1], 64)
 		if err != nil {
 			t.Fatal(err)
 		}
