@@ -318,8 +318,6 @@ func demoFUSE(ctx context.Context, out io.Writer, node *demoNode, src seed.Sourc
 	return true, nil
 }
 
-func short(s string) string { return s[:12] }
-
 func mb(n int64) string { return fmt.Sprintf("%.1f MB", float64(n)/1e6) }
 
 // demoRegistry is the in-process registry: its address, its counter of blob bytes sent,

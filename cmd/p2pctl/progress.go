@@ -34,8 +34,6 @@ func newProgress(w *os.File, label string, total int64) *progress {
 	return p
 }
 
-func (p *progress) reader(r io.Reader) io.Reader { return &countingReader{r: r, n: &p.n} }
-
 // writer returns w counting what is written to it as progress.
 func (p *progress) writer(w io.Writer) io.Writer { return &countingWriter{w: w, n: &p.n} }
 
@@ -101,17 +99,6 @@ func (p *progress) done() {
 		close(p.stop)
 		<-p.ended
 	}
-}
-
-type countingReader struct {
-	r io.Reader
-	n *atomic.Int64
-}
-
-func (c *countingReader) Read(b []byte) (int, error) {
-	n, err := c.r.Read(b)
-	c.n.Add(int64(n))
-	return n, err
 }
 
 // discardLogger silences the in-process registry's request log.
