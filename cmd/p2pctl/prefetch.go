@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/p2pimage/p2p-snapshotter/p2p"
+	"github.com/p2pimage/p2p-snapshotter/p2p/scheduling"
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
@@ -183,8 +184,7 @@ func prefetchFleet(ctx context.Context, out io.Writer, addr string, tf tlsfiles.
 	failed := 0
 	for i, l := range img.Layers {
 		task := l.DiffID.String()
-		ts := &schedulerv1.TaskSource{Registry: img.Host, Repository: img.Repository, BlobDigest: l.Descriptor.Digest.String(),
-			BlobMediaType: l.Descriptor.MediaType, BlobSize: uint64(l.Descriptor.Size), DiffId: task}
+		ts := scheduling.TaskSource(seed.Source{Host: img.Host, Repository: img.Repository, Blob: l.Descriptor, DiffID: l.DiffID})
 		resp, err := cli.PrefetchTask(ctx, &schedulerv1.PrefetchTaskRequest{TaskId: task, Source: ts, Files: sel.Files, All: sel.All, Hosts: hosts})
 		if err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)

@@ -320,11 +320,7 @@ func (c *Client) register(ctx context.Context, cli schedulerv1.SchedulerClient, 
 		req.BlockCount = uint32(layer.BlockCount(reg.size, reg.blockSize))
 	}
 	if reg.src.Host != "" && (reg.src.DiffID != "" || reg.src.RandomAccess) { // a task known by its id alone has no source
-		req.Source = &schedulerv1.TaskSource{
-			Registry: reg.src.Host, Repository: reg.src.Repository, BlobDigest: reg.src.Blob.Digest.String(),
-			BlobMediaType: reg.src.Blob.MediaType, BlobSize: uint64(max(reg.src.Blob.Size, 0)), DiffId: reg.src.DiffID.String(),
-			RandomAccess: reg.src.RandomAccess,
-		}
+		req.Source = TaskSource(reg.src)
 	}
 	return cli.RegisterPeer(ctx, req)
 }

@@ -82,6 +82,16 @@ func (c *Client) watch(addr string) error {
 	}
 }
 
+// TaskSource returns the scheduler's description of where src is read from (the inverse of
+// sourceOf).
+func TaskSource(src seed.Source) *schedulerv1.TaskSource {
+	return &schedulerv1.TaskSource{
+		Registry: src.Host, Repository: src.Repository, BlobDigest: src.Blob.Digest.String(),
+		BlobMediaType: src.Blob.MediaType, BlobSize: uint64(max(src.Blob.Size, 0)), DiffId: src.DiffID.String(),
+		RandomAccess: src.RandomAccess,
+	}
+}
+
 // sourceOf returns the layer source ts describes.
 func sourceOf(ts *schedulerv1.TaskSource) seed.Source {
 	return seed.Source{
