@@ -262,6 +262,13 @@ func printTree(w io.Writer, t status.Task) {
 	for _, r := range roots {
 		walk(r, "", "", seen)
 	}
+	// Peers that received most from each other (a cycle of "from") are reached from no root:
+	// show them too.
+	for _, p := range t.Peers {
+		if !seen[p.ID] {
+			walk(p, "", "", seen)
+		}
+	}
 }
 
 func label(p status.Peer) string {
