@@ -108,3 +108,18 @@ func TestStatus(t *testing.T) {
 		t.Errorf("tree of an unknown task: got %v; want no such task", err)
 	}
 }
+
+// TestTreeShowsPeersInACycle: two complete peers that each received most from the other
+// hang from no root, and are printed all the same.
+func TestTreeShowsPeersInACycle(t *testing.T) {
+	var out bytes.Buffer
+	printTree(&out, status.Task{ID: testTask, Mode: "dag", Peers: []status.Peer{
+		{ID: "a", Host: "h0", Complete: true, Progress: 1, From: []status.Edge{{Parent: "b", Bytes: 3}}},
+		{ID: "b", Host: "h1", Complete: true, Progress: 1, From: []status.Edge{{Parent: "a", Bytes: 2}}},
+	}})
+	for _, host := range []string{"h0 100%", "h1 100%"} {
+		if !strings.Contains(out.String(), host) {
+			t.Errorf("the tree has no %q:\n%s", host, out.String())
+		}
+	}
+}
