@@ -30,6 +30,10 @@ type tokenAuth struct {
 	// user may not read; otherwise it issues a token and the registry
 	// answers 403 DENIED.
 	denyAtToken bool
+	// anonymous makes the token service issue tokens without credentials, to the user
+	// "anonymous" (canRead says what it may read), as Docker Hub does for public
+	// repositories.
+	anonymous bool
 
 	realm string
 
@@ -75,6 +79,9 @@ func (a *tokenAuth) serveToken(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		return
+	}
+	if user == "" && a.anonymous {
+		user = "anonymous"
 	}
 	if user == "" {
 		http.Error(w, "authentication required", http.StatusUnauthorized)

@@ -23,6 +23,8 @@ type Client struct {
 	// hosts caches the endpoints (and with them the authorizers, which
 	// cache tokens) per registry host named in references.
 	hosts map[string][]docker.RegistryHost
+	// access caches what Access learnt, per repository.
+	access map[accessKey]accessEntry
 }
 
 // New returns a Client configured by opts.

@@ -859,7 +859,13 @@ type RegisterPeerRequest struct {
 	// this peer back to source. Absent if the host does not know. If no peer of the task gave
 	// one, the scheduler can only answer DIRECTIVE_FETCH_FROM_PARENTS, possibly with no
 	// candidates, and the peer waits on SyncProgress for parents.
-	Source        *TaskSource `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	Source *TaskSource `protobuf:"bytes,6,opt,name=source,proto3" json:"source,omitempty"`
+	// Proof that the host may read the source, required for a private task: a task whose
+	// registry refuses anonymous reads of the blob. A private task's id is not the digest of
+	// its stream but PrivateTaskID(source), so the layer of each private repository is a task
+	// of its own, whose peers all proved they may read that repository. The host must call
+	// over mutual TLS: what it proved is granted to the name its certificate carries.
+	Access        *RegistryAccess `protobuf:"bytes,7,opt,name=access,proto3" json:"access,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -936,6 +942,173 @@ func (x *RegisterPeerRequest) GetSource() *TaskSource {
 	return nil
 }
 
+func (x *RegisterPeerRequest) GetAccess() *RegistryAccess {
+	if x != nil {
+		return x.Access
+	}
+	return nil
+}
+
+// RegistryAccess proves that a host may read a private repository.
+type RegistryAccess struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Authorization header value (a bearer token for pull of the repository) with which
+	// the registry answered the host's HEAD of the blob. The scheduler repeats that HEAD with
+	// it, keeps the answer for the token's lifetime, and never passes the token on.
+	Authorization string `protobuf:"bytes,1,opt,name=authorization,proto3" json:"authorization,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegistryAccess) Reset() {
+	*x = RegistryAccess{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegistryAccess) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegistryAccess) ProtoMessage() {}
+
+func (x *RegistryAccess) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegistryAccess.ProtoReflect.Descriptor instead.
+func (*RegistryAccess) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *RegistryAccess) GetAuthorization() string {
+	if x != nil {
+		return x.Authorization
+	}
+	return ""
+}
+
+// CheckAccessRequest asks whether a host may read a private task.
+type CheckAccessRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The private task, as registered.
+	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+	// The name in the requesting host's certificate (its common name, else its first DNS or
+	// IP subject alternative name).
+	Identity      string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckAccessRequest) Reset() {
+	*x = CheckAccessRequest{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckAccessRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckAccessRequest) ProtoMessage() {}
+
+func (x *CheckAccessRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckAccessRequest.ProtoReflect.Descriptor instead.
+func (*CheckAccessRequest) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CheckAccessRequest) GetTaskId() string {
+	if x != nil {
+		return x.TaskId
+	}
+	return ""
+}
+
+func (x *CheckAccessRequest) GetIdentity() string {
+	if x != nil {
+		return x.Identity
+	}
+	return ""
+}
+
+// CheckAccessResponse answers CheckAccessRequest.
+type CheckAccessResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether a host with that certificate name proved, with a token still valid, that it may
+	// read the task's repository.
+	Allowed bool `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	// How long the answer holds, in milliseconds: until the token expires when allowed.
+	ValidForMs    uint64 `protobuf:"varint,2,opt,name=valid_for_ms,json=validForMs,proto3" json:"valid_for_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckAccessResponse) Reset() {
+	*x = CheckAccessResponse{}
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckAccessResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckAccessResponse) ProtoMessage() {}
+
+func (x *CheckAccessResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckAccessResponse.ProtoReflect.Descriptor instead.
+func (*CheckAccessResponse) Descriptor() ([]byte, []int) {
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CheckAccessResponse) GetAllowed() bool {
+	if x != nil {
+		return x.Allowed
+	}
+	return false
+}
+
+func (x *CheckAccessResponse) GetValidForMs() uint64 {
+	if x != nil {
+		return x.ValidForMs
+	}
+	return 0
+}
+
 // RegisterPeerResponse names the new peer and its first instructions.
 type RegisterPeerResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -952,7 +1125,7 @@ type RegisterPeerResponse struct {
 
 func (x *RegisterPeerResponse) Reset() {
 	*x = RegisterPeerResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1137,7 @@ func (x *RegisterPeerResponse) String() string {
 func (*RegisterPeerResponse) ProtoMessage() {}
 
 func (x *RegisterPeerResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[9]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1150,7 @@ func (x *RegisterPeerResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterPeerResponse.ProtoReflect.Descriptor instead.
 func (*RegisterPeerResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{9}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RegisterPeerResponse) GetPeerId() string {
@@ -1039,7 +1212,7 @@ type CandidateParent struct {
 
 func (x *CandidateParent) Reset() {
 	*x = CandidateParent{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1051,7 +1224,7 @@ func (x *CandidateParent) String() string {
 func (*CandidateParent) ProtoMessage() {}
 
 func (x *CandidateParent) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[10]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1064,7 +1237,7 @@ func (x *CandidateParent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CandidateParent.ProtoReflect.Descriptor instead.
 func (*CandidateParent) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{10}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CandidateParent) GetPeerId() string {
@@ -1160,7 +1333,7 @@ type ProgressReport struct {
 
 func (x *ProgressReport) Reset() {
 	*x = ProgressReport{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1345,7 @@ func (x *ProgressReport) String() string {
 func (*ProgressReport) ProtoMessage() {}
 
 func (x *ProgressReport) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[11]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1358,7 @@ func (x *ProgressReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProgressReport.ProtoReflect.Descriptor instead.
 func (*ProgressReport) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{11}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ProgressReport) GetPeerId() string {
@@ -1311,7 +1484,7 @@ type NewBlocks struct {
 
 func (x *NewBlocks) Reset() {
 	*x = NewBlocks{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1496,7 @@ func (x *NewBlocks) String() string {
 func (*NewBlocks) ProtoMessage() {}
 
 func (x *NewBlocks) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[12]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1509,7 @@ func (x *NewBlocks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewBlocks.ProtoReflect.Descriptor instead.
 func (*NewBlocks) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{12}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NewBlocks) GetIndexes() []uint32 {
@@ -1377,7 +1550,7 @@ type BlockFailure struct {
 
 func (x *BlockFailure) Reset() {
 	*x = BlockFailure{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1562,7 @@ func (x *BlockFailure) String() string {
 func (*BlockFailure) ProtoMessage() {}
 
 func (x *BlockFailure) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[13]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1575,7 @@ func (x *BlockFailure) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlockFailure.ProtoReflect.Descriptor instead.
 func (*BlockFailure) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{13}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *BlockFailure) GetIndex() uint32 {
@@ -1447,7 +1620,7 @@ type PeerFinished struct {
 
 func (x *PeerFinished) Reset() {
 	*x = PeerFinished{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1459,7 +1632,7 @@ func (x *PeerFinished) String() string {
 func (*PeerFinished) ProtoMessage() {}
 
 func (x *PeerFinished) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[14]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1472,7 +1645,7 @@ func (x *PeerFinished) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerFinished.ProtoReflect.Descriptor instead.
 func (*PeerFinished) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{14}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PeerFinished) GetTaskSize() uint64 {
@@ -1500,7 +1673,7 @@ type PeerFailed struct {
 
 func (x *PeerFailed) Reset() {
 	*x = PeerFailed{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1685,7 @@ func (x *PeerFailed) String() string {
 func (*PeerFailed) ProtoMessage() {}
 
 func (x *PeerFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[15]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1698,7 @@ func (x *PeerFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PeerFailed.ProtoReflect.Descriptor instead.
 func (*PeerFailed) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{15}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PeerFailed) GetMessage() string {
@@ -1551,7 +1724,7 @@ type SchedulerCommand struct {
 
 func (x *SchedulerCommand) Reset() {
 	*x = SchedulerCommand{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1563,7 +1736,7 @@ func (x *SchedulerCommand) String() string {
 func (*SchedulerCommand) ProtoMessage() {}
 
 func (x *SchedulerCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[16]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1576,7 +1749,7 @@ func (x *SchedulerCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchedulerCommand.ProtoReflect.Descriptor instead.
 func (*SchedulerCommand) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{16}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SchedulerCommand) GetCommand() isSchedulerCommand_Command {
@@ -1635,7 +1808,7 @@ type NewParents struct {
 
 func (x *NewParents) Reset() {
 	*x = NewParents{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1647,7 +1820,7 @@ func (x *NewParents) String() string {
 func (*NewParents) ProtoMessage() {}
 
 func (x *NewParents) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[17]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1660,7 +1833,7 @@ func (x *NewParents) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NewParents.ProtoReflect.Descriptor instead.
 func (*NewParents) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{17}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *NewParents) GetCandidates() []*CandidateParent {
@@ -1684,7 +1857,7 @@ type DirectiveChange struct {
 
 func (x *DirectiveChange) Reset() {
 	*x = DirectiveChange{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1696,7 +1869,7 @@ func (x *DirectiveChange) String() string {
 func (*DirectiveChange) ProtoMessage() {}
 
 func (x *DirectiveChange) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[18]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1709,7 +1882,7 @@ func (x *DirectiveChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DirectiveChange.ProtoReflect.Descriptor instead.
 func (*DirectiveChange) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{18}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DirectiveChange) GetDirective() Directive {
@@ -1743,7 +1916,7 @@ type GetCandidateParentsRequest struct {
 
 func (x *GetCandidateParentsRequest) Reset() {
 	*x = GetCandidateParentsRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1928,7 @@ func (x *GetCandidateParentsRequest) String() string {
 func (*GetCandidateParentsRequest) ProtoMessage() {}
 
 func (x *GetCandidateParentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[19]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1941,7 @@ func (x *GetCandidateParentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCandidateParentsRequest.ProtoReflect.Descriptor instead.
 func (*GetCandidateParentsRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{19}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetCandidateParentsRequest) GetPeerId() string {
@@ -1810,7 +1983,7 @@ type GetCandidateParentsResponse struct {
 
 func (x *GetCandidateParentsResponse) Reset() {
 	*x = GetCandidateParentsResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1995,7 @@ func (x *GetCandidateParentsResponse) String() string {
 func (*GetCandidateParentsResponse) ProtoMessage() {}
 
 func (x *GetCandidateParentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[20]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +2008,7 @@ func (x *GetCandidateParentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCandidateParentsResponse.ProtoReflect.Descriptor instead.
 func (*GetCandidateParentsResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{20}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetCandidateParentsResponse) GetCandidates() []*CandidateParent {
@@ -1858,7 +2031,7 @@ type LeaveTaskRequest struct {
 
 func (x *LeaveTaskRequest) Reset() {
 	*x = LeaveTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +2043,7 @@ func (x *LeaveTaskRequest) String() string {
 func (*LeaveTaskRequest) ProtoMessage() {}
 
 func (x *LeaveTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[21]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +2056,7 @@ func (x *LeaveTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveTaskRequest.ProtoReflect.Descriptor instead.
 func (*LeaveTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{21}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *LeaveTaskRequest) GetPeerId() string {
@@ -1909,7 +2082,7 @@ type LeaveTaskResponse struct {
 
 func (x *LeaveTaskResponse) Reset() {
 	*x = LeaveTaskResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1921,7 +2094,7 @@ func (x *LeaveTaskResponse) String() string {
 func (*LeaveTaskResponse) ProtoMessage() {}
 
 func (x *LeaveTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[22]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1934,7 +2107,7 @@ func (x *LeaveTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveTaskResponse.ProtoReflect.Descriptor instead.
 func (*LeaveTaskResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{22}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
 }
 
 // LeaveHostRequest removes a host.
@@ -1948,7 +2121,7 @@ type LeaveHostRequest struct {
 
 func (x *LeaveHostRequest) Reset() {
 	*x = LeaveHostRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2133,7 @@ func (x *LeaveHostRequest) String() string {
 func (*LeaveHostRequest) ProtoMessage() {}
 
 func (x *LeaveHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[23]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2146,7 @@ func (x *LeaveHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveHostRequest.ProtoReflect.Descriptor instead.
 func (*LeaveHostRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{23}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *LeaveHostRequest) GetHostId() string {
@@ -1992,7 +2165,7 @@ type LeaveHostResponse struct {
 
 func (x *LeaveHostResponse) Reset() {
 	*x = LeaveHostResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2177,7 @@ func (x *LeaveHostResponse) String() string {
 func (*LeaveHostResponse) ProtoMessage() {}
 
 func (x *LeaveHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[24]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2190,7 @@ func (x *LeaveHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveHostResponse.ProtoReflect.Descriptor instead.
 func (*LeaveHostResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{24}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
 }
 
 // WatchHostRequest opens a host's command stream.
@@ -2031,7 +2204,7 @@ type WatchHostRequest struct {
 
 func (x *WatchHostRequest) Reset() {
 	*x = WatchHostRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2043,7 +2216,7 @@ func (x *WatchHostRequest) String() string {
 func (*WatchHostRequest) ProtoMessage() {}
 
 func (x *WatchHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[25]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2056,7 +2229,7 @@ func (x *WatchHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchHostRequest.ProtoReflect.Descriptor instead.
 func (*WatchHostRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{25}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *WatchHostRequest) GetHostId() string {
@@ -2082,7 +2255,7 @@ type HostCommand struct {
 
 func (x *HostCommand) Reset() {
 	*x = HostCommand{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2094,7 +2267,7 @@ func (x *HostCommand) String() string {
 func (*HostCommand) ProtoMessage() {}
 
 func (x *HostCommand) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[26]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2107,7 +2280,7 @@ func (x *HostCommand) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostCommand.ProtoReflect.Descriptor instead.
 func (*HostCommand) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{26}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *HostCommand) GetCommand() isHostCommand_Command {
@@ -2174,7 +2347,7 @@ type WarmTask struct {
 
 func (x *WarmTask) Reset() {
 	*x = WarmTask{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2186,7 +2359,7 @@ func (x *WarmTask) String() string {
 func (*WarmTask) ProtoMessage() {}
 
 func (x *WarmTask) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[27]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2199,7 +2372,7 @@ func (x *WarmTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WarmTask.ProtoReflect.Descriptor instead.
 func (*WarmTask) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{27}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *WarmTask) GetTaskId() string {
@@ -2246,7 +2419,7 @@ type PrefetchTaskRequest struct {
 
 func (x *PrefetchTaskRequest) Reset() {
 	*x = PrefetchTaskRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2431,7 @@ func (x *PrefetchTaskRequest) String() string {
 func (*PrefetchTaskRequest) ProtoMessage() {}
 
 func (x *PrefetchTaskRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[28]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2444,7 @@ func (x *PrefetchTaskRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchTaskRequest.ProtoReflect.Descriptor instead.
 func (*PrefetchTaskRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{28}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PrefetchTaskRequest) GetTaskId() string {
@@ -2319,7 +2492,7 @@ type PrefetchTaskResponse struct {
 
 func (x *PrefetchTaskResponse) Reset() {
 	*x = PrefetchTaskResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2504,7 @@ func (x *PrefetchTaskResponse) String() string {
 func (*PrefetchTaskResponse) ProtoMessage() {}
 
 func (x *PrefetchTaskResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[29]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2517,7 @@ func (x *PrefetchTaskResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrefetchTaskResponse.ProtoReflect.Descriptor instead.
 func (*PrefetchTaskResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{29}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PrefetchTaskResponse) GetHostIds() []string {
@@ -2371,7 +2544,7 @@ type ReportPrefetchRequest struct {
 
 func (x *ReportPrefetchRequest) Reset() {
 	*x = ReportPrefetchRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2383,7 +2556,7 @@ func (x *ReportPrefetchRequest) String() string {
 func (*ReportPrefetchRequest) ProtoMessage() {}
 
 func (x *ReportPrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[30]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2396,7 +2569,7 @@ func (x *ReportPrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportPrefetchRequest.ProtoReflect.Descriptor instead.
 func (*ReportPrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{30}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReportPrefetchRequest) GetHostId() string {
@@ -2442,7 +2615,7 @@ type ReportPrefetchResponse struct {
 
 func (x *ReportPrefetchResponse) Reset() {
 	*x = ReportPrefetchResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2627,7 @@ func (x *ReportPrefetchResponse) String() string {
 func (*ReportPrefetchResponse) ProtoMessage() {}
 
 func (x *ReportPrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[31]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2640,7 @@ func (x *ReportPrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportPrefetchResponse.ProtoReflect.Descriptor instead.
 func (*ReportPrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{31}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
 }
 
 // GetPrefetchRequest names a task.
@@ -2480,7 +2653,7 @@ type GetPrefetchRequest struct {
 
 func (x *GetPrefetchRequest) Reset() {
 	*x = GetPrefetchRequest{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2665,7 @@ func (x *GetPrefetchRequest) String() string {
 func (*GetPrefetchRequest) ProtoMessage() {}
 
 func (x *GetPrefetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[32]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2678,7 @@ func (x *GetPrefetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrefetchRequest.ProtoReflect.Descriptor instead.
 func (*GetPrefetchRequest) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{32}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetPrefetchRequest) GetTaskId() string {
@@ -2528,7 +2701,7 @@ type HostPrefetch struct {
 
 func (x *HostPrefetch) Reset() {
 	*x = HostPrefetch{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2540,7 +2713,7 @@ func (x *HostPrefetch) String() string {
 func (*HostPrefetch) ProtoMessage() {}
 
 func (x *HostPrefetch) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[33]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2553,7 +2726,7 @@ func (x *HostPrefetch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HostPrefetch.ProtoReflect.Descriptor instead.
 func (*HostPrefetch) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{33}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *HostPrefetch) GetHostId() string {
@@ -2594,7 +2767,7 @@ type GetPrefetchResponse struct {
 
 func (x *GetPrefetchResponse) Reset() {
 	*x = GetPrefetchResponse{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2606,7 +2779,7 @@ func (x *GetPrefetchResponse) String() string {
 func (*GetPrefetchResponse) ProtoMessage() {}
 
 func (x *GetPrefetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[34]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2619,7 +2792,7 @@ func (x *GetPrefetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPrefetchResponse.ProtoReflect.Descriptor instead.
 func (*GetPrefetchResponse) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{34}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *GetPrefetchResponse) GetHosts() []*HostPrefetch {
@@ -2660,7 +2833,7 @@ type SeedTask struct {
 
 func (x *SeedTask) Reset() {
 	*x = SeedTask{}
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2672,7 +2845,7 @@ func (x *SeedTask) String() string {
 func (*SeedTask) ProtoMessage() {}
 
 func (x *SeedTask) ProtoReflect() protoreflect.Message {
-	mi := &file_scheduler_v1_scheduler_proto_msgTypes[35]
+	mi := &file_scheduler_v1_scheduler_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2685,7 +2858,7 @@ func (x *SeedTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeedTask.ProtoReflect.Descriptor instead.
 func (*SeedTask) Descriptor() ([]byte, []int) {
-	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{35}
+	return file_scheduler_v1_scheduler_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SeedTask) GetTaskId() string {
@@ -2778,7 +2951,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x0fblob_media_type\x18\x04 \x01(\tR\rblobMediaType\x12\x1b\n" +
 	"\tblob_size\x18\x05 \x01(\x04R\bblobSize\x12\x17\n" +
 	"\adiff_id\x18\x06 \x01(\tR\x06diffId\x12#\n" +
-	"\rrandom_access\x18\a \x01(\bR\frandomAccess\"\xdf\x01\n" +
+	"\rrandom_access\x18\a \x01(\bR\frandomAccess\"\x9e\x02\n" +
 	"\x13RegisterPeerRequest\x12\x17\n" +
 	"\ahost_id\x18\x01 \x01(\tR\x06hostId\x12\x17\n" +
 	"\atask_id\x18\x02 \x01(\tR\x06taskId\x12\x1b\n" +
@@ -2787,7 +2960,17 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"block_size\x18\x04 \x01(\rR\tblockSize\x12\x1f\n" +
 	"\vblock_count\x18\x05 \x01(\rR\n" +
 	"blockCount\x129\n" +
-	"\x06source\x18\x06 \x01(\v2!.p2pimage.scheduler.v1.TaskSourceR\x06source\"\xb7\x01\n" +
+	"\x06source\x18\x06 \x01(\v2!.p2pimage.scheduler.v1.TaskSourceR\x06source\x12=\n" +
+	"\x06access\x18\a \x01(\v2%.p2pimage.scheduler.v1.RegistryAccessR\x06access\"6\n" +
+	"\x0eRegistryAccess\x12$\n" +
+	"\rauthorization\x18\x01 \x01(\tR\rauthorization\"I\n" +
+	"\x12CheckAccessRequest\x12\x17\n" +
+	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1a\n" +
+	"\bidentity\x18\x02 \x01(\tR\bidentity\"Q\n" +
+	"\x13CheckAccessResponse\x12\x18\n" +
+	"\aallowed\x18\x01 \x01(\bR\aallowed\x12 \n" +
+	"\fvalid_for_ms\x18\x02 \x01(\x04R\n" +
+	"validForMs\"\xb7\x01\n" +
 	"\x14RegisterPeerResponse\x12\x17\n" +
 	"\apeer_id\x18\x01 \x01(\tR\x06peerId\x12F\n" +
 	"\n" +
@@ -2928,7 +3111,7 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\x1aPREFETCH_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14PREFETCH_STATE_ASKED\x10\x01\x12\x17\n" +
 	"\x13PREFETCH_STATE_DONE\x10\x02\x12\x19\n" +
-	"\x15PREFETCH_STATE_FAILED\x10\x032\xf9\b\n" +
+	"\x15PREFETCH_STATE_FAILED\x10\x032\xdf\t\n" +
 	"\tScheduler\x12g\n" +
 	"\fAnnounceHost\x12*.p2pimage.scheduler.v1.AnnounceHostRequest\x1a+.p2pimage.scheduler.v1.AnnounceHostResponse\x12^\n" +
 	"\tKeepalive\x12'.p2pimage.scheduler.v1.KeepaliveRequest\x1a(.p2pimage.scheduler.v1.KeepaliveResponse\x12g\n" +
@@ -2940,7 +3123,8 @@ const file_scheduler_v1_scheduler_proto_rawDesc = "" +
 	"\tWatchHost\x12'.p2pimage.scheduler.v1.WatchHostRequest\x1a\".p2pimage.scheduler.v1.HostCommand0\x01\x12g\n" +
 	"\fPrefetchTask\x12*.p2pimage.scheduler.v1.PrefetchTaskRequest\x1a+.p2pimage.scheduler.v1.PrefetchTaskResponse\x12m\n" +
 	"\x0eReportPrefetch\x12,.p2pimage.scheduler.v1.ReportPrefetchRequest\x1a-.p2pimage.scheduler.v1.ReportPrefetchResponse\x12d\n" +
-	"\vGetPrefetch\x12).p2pimage.scheduler.v1.GetPrefetchRequest\x1a*.p2pimage.scheduler.v1.GetPrefetchResponse2\x83\x01\n" +
+	"\vGetPrefetch\x12).p2pimage.scheduler.v1.GetPrefetchRequest\x1a*.p2pimage.scheduler.v1.GetPrefetchResponse\x12d\n" +
+	"\vCheckAccess\x12).p2pimage.scheduler.v1.CheckAccessRequest\x1a*.p2pimage.scheduler.v1.CheckAccessResponse2\x83\x01\n" +
 	"\fCertificates\x12s\n" +
 	"\x10IssueCertificate\x12..p2pimage.scheduler.v1.IssueCertificateRequest\x1a/.p2pimage.scheduler.v1.IssueCertificateResponseBDZBgithub.com/p2pimage/p2p-snapshotter/proto/scheduler/v1;schedulerv1b\x06proto3"
 
@@ -2957,7 +3141,7 @@ func file_scheduler_v1_scheduler_proto_rawDescGZIP() []byte {
 }
 
 var file_scheduler_v1_scheduler_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_scheduler_v1_scheduler_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(HostType)(0),                       // 0: p2pimage.scheduler.v1.HostType
 	(Directive)(0),                      // 1: p2pimage.scheduler.v1.Directive
@@ -2972,89 +3156,95 @@ var file_scheduler_v1_scheduler_proto_goTypes = []any{
 	(*KeepaliveResponse)(nil),           // 10: p2pimage.scheduler.v1.KeepaliveResponse
 	(*TaskSource)(nil),                  // 11: p2pimage.scheduler.v1.TaskSource
 	(*RegisterPeerRequest)(nil),         // 12: p2pimage.scheduler.v1.RegisterPeerRequest
-	(*RegisterPeerResponse)(nil),        // 13: p2pimage.scheduler.v1.RegisterPeerResponse
-	(*CandidateParent)(nil),             // 14: p2pimage.scheduler.v1.CandidateParent
-	(*ProgressReport)(nil),              // 15: p2pimage.scheduler.v1.ProgressReport
-	(*NewBlocks)(nil),                   // 16: p2pimage.scheduler.v1.NewBlocks
-	(*BlockFailure)(nil),                // 17: p2pimage.scheduler.v1.BlockFailure
-	(*PeerFinished)(nil),                // 18: p2pimage.scheduler.v1.PeerFinished
-	(*PeerFailed)(nil),                  // 19: p2pimage.scheduler.v1.PeerFailed
-	(*SchedulerCommand)(nil),            // 20: p2pimage.scheduler.v1.SchedulerCommand
-	(*NewParents)(nil),                  // 21: p2pimage.scheduler.v1.NewParents
-	(*DirectiveChange)(nil),             // 22: p2pimage.scheduler.v1.DirectiveChange
-	(*GetCandidateParentsRequest)(nil),  // 23: p2pimage.scheduler.v1.GetCandidateParentsRequest
-	(*GetCandidateParentsResponse)(nil), // 24: p2pimage.scheduler.v1.GetCandidateParentsResponse
-	(*LeaveTaskRequest)(nil),            // 25: p2pimage.scheduler.v1.LeaveTaskRequest
-	(*LeaveTaskResponse)(nil),           // 26: p2pimage.scheduler.v1.LeaveTaskResponse
-	(*LeaveHostRequest)(nil),            // 27: p2pimage.scheduler.v1.LeaveHostRequest
-	(*LeaveHostResponse)(nil),           // 28: p2pimage.scheduler.v1.LeaveHostResponse
-	(*WatchHostRequest)(nil),            // 29: p2pimage.scheduler.v1.WatchHostRequest
-	(*HostCommand)(nil),                 // 30: p2pimage.scheduler.v1.HostCommand
-	(*WarmTask)(nil),                    // 31: p2pimage.scheduler.v1.WarmTask
-	(*PrefetchTaskRequest)(nil),         // 32: p2pimage.scheduler.v1.PrefetchTaskRequest
-	(*PrefetchTaskResponse)(nil),        // 33: p2pimage.scheduler.v1.PrefetchTaskResponse
-	(*ReportPrefetchRequest)(nil),       // 34: p2pimage.scheduler.v1.ReportPrefetchRequest
-	(*ReportPrefetchResponse)(nil),      // 35: p2pimage.scheduler.v1.ReportPrefetchResponse
-	(*GetPrefetchRequest)(nil),          // 36: p2pimage.scheduler.v1.GetPrefetchRequest
-	(*HostPrefetch)(nil),                // 37: p2pimage.scheduler.v1.HostPrefetch
-	(*GetPrefetchResponse)(nil),         // 38: p2pimage.scheduler.v1.GetPrefetchResponse
-	(*SeedTask)(nil),                    // 39: p2pimage.scheduler.v1.SeedTask
+	(*RegistryAccess)(nil),              // 13: p2pimage.scheduler.v1.RegistryAccess
+	(*CheckAccessRequest)(nil),          // 14: p2pimage.scheduler.v1.CheckAccessRequest
+	(*CheckAccessResponse)(nil),         // 15: p2pimage.scheduler.v1.CheckAccessResponse
+	(*RegisterPeerResponse)(nil),        // 16: p2pimage.scheduler.v1.RegisterPeerResponse
+	(*CandidateParent)(nil),             // 17: p2pimage.scheduler.v1.CandidateParent
+	(*ProgressReport)(nil),              // 18: p2pimage.scheduler.v1.ProgressReport
+	(*NewBlocks)(nil),                   // 19: p2pimage.scheduler.v1.NewBlocks
+	(*BlockFailure)(nil),                // 20: p2pimage.scheduler.v1.BlockFailure
+	(*PeerFinished)(nil),                // 21: p2pimage.scheduler.v1.PeerFinished
+	(*PeerFailed)(nil),                  // 22: p2pimage.scheduler.v1.PeerFailed
+	(*SchedulerCommand)(nil),            // 23: p2pimage.scheduler.v1.SchedulerCommand
+	(*NewParents)(nil),                  // 24: p2pimage.scheduler.v1.NewParents
+	(*DirectiveChange)(nil),             // 25: p2pimage.scheduler.v1.DirectiveChange
+	(*GetCandidateParentsRequest)(nil),  // 26: p2pimage.scheduler.v1.GetCandidateParentsRequest
+	(*GetCandidateParentsResponse)(nil), // 27: p2pimage.scheduler.v1.GetCandidateParentsResponse
+	(*LeaveTaskRequest)(nil),            // 28: p2pimage.scheduler.v1.LeaveTaskRequest
+	(*LeaveTaskResponse)(nil),           // 29: p2pimage.scheduler.v1.LeaveTaskResponse
+	(*LeaveHostRequest)(nil),            // 30: p2pimage.scheduler.v1.LeaveHostRequest
+	(*LeaveHostResponse)(nil),           // 31: p2pimage.scheduler.v1.LeaveHostResponse
+	(*WatchHostRequest)(nil),            // 32: p2pimage.scheduler.v1.WatchHostRequest
+	(*HostCommand)(nil),                 // 33: p2pimage.scheduler.v1.HostCommand
+	(*WarmTask)(nil),                    // 34: p2pimage.scheduler.v1.WarmTask
+	(*PrefetchTaskRequest)(nil),         // 35: p2pimage.scheduler.v1.PrefetchTaskRequest
+	(*PrefetchTaskResponse)(nil),        // 36: p2pimage.scheduler.v1.PrefetchTaskResponse
+	(*ReportPrefetchRequest)(nil),       // 37: p2pimage.scheduler.v1.ReportPrefetchRequest
+	(*ReportPrefetchResponse)(nil),      // 38: p2pimage.scheduler.v1.ReportPrefetchResponse
+	(*GetPrefetchRequest)(nil),          // 39: p2pimage.scheduler.v1.GetPrefetchRequest
+	(*HostPrefetch)(nil),                // 40: p2pimage.scheduler.v1.HostPrefetch
+	(*GetPrefetchResponse)(nil),         // 41: p2pimage.scheduler.v1.GetPrefetchResponse
+	(*SeedTask)(nil),                    // 42: p2pimage.scheduler.v1.SeedTask
 }
 var file_scheduler_v1_scheduler_proto_depIdxs = []int32{
 	0,  // 0: p2pimage.scheduler.v1.AnnounceHostRequest.type:type_name -> p2pimage.scheduler.v1.HostType
 	8,  // 1: p2pimage.scheduler.v1.KeepaliveRequest.state:type_name -> p2pimage.scheduler.v1.HostState
 	11, // 2: p2pimage.scheduler.v1.RegisterPeerRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	14, // 3: p2pimage.scheduler.v1.RegisterPeerResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
-	1,  // 4: p2pimage.scheduler.v1.RegisterPeerResponse.directive:type_name -> p2pimage.scheduler.v1.Directive
-	8,  // 5: p2pimage.scheduler.v1.CandidateParent.host_state:type_name -> p2pimage.scheduler.v1.HostState
-	0,  // 6: p2pimage.scheduler.v1.CandidateParent.host_type:type_name -> p2pimage.scheduler.v1.HostType
-	16, // 7: p2pimage.scheduler.v1.ProgressReport.new_blocks:type_name -> p2pimage.scheduler.v1.NewBlocks
-	17, // 8: p2pimage.scheduler.v1.ProgressReport.block_failure:type_name -> p2pimage.scheduler.v1.BlockFailure
-	18, // 9: p2pimage.scheduler.v1.ProgressReport.finished:type_name -> p2pimage.scheduler.v1.PeerFinished
-	19, // 10: p2pimage.scheduler.v1.ProgressReport.failed:type_name -> p2pimage.scheduler.v1.PeerFailed
-	2,  // 11: p2pimage.scheduler.v1.BlockFailure.reason:type_name -> p2pimage.scheduler.v1.FailureReason
-	21, // 12: p2pimage.scheduler.v1.SchedulerCommand.new_parents:type_name -> p2pimage.scheduler.v1.NewParents
-	22, // 13: p2pimage.scheduler.v1.SchedulerCommand.directive_change:type_name -> p2pimage.scheduler.v1.DirectiveChange
-	14, // 14: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
-	1,  // 15: p2pimage.scheduler.v1.DirectiveChange.directive:type_name -> p2pimage.scheduler.v1.Directive
-	14, // 16: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
-	39, // 17: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
-	31, // 18: p2pimage.scheduler.v1.HostCommand.warm_task:type_name -> p2pimage.scheduler.v1.WarmTask
-	11, // 19: p2pimage.scheduler.v1.WarmTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	11, // 20: p2pimage.scheduler.v1.PrefetchTaskRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	3,  // 21: p2pimage.scheduler.v1.ReportPrefetchRequest.state:type_name -> p2pimage.scheduler.v1.PrefetchState
-	3,  // 22: p2pimage.scheduler.v1.HostPrefetch.state:type_name -> p2pimage.scheduler.v1.PrefetchState
-	37, // 23: p2pimage.scheduler.v1.GetPrefetchResponse.hosts:type_name -> p2pimage.scheduler.v1.HostPrefetch
-	11, // 24: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
-	6,  // 25: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
-	9,  // 26: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
-	12, // 27: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
-	15, // 28: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
-	23, // 29: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
-	25, // 30: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
-	27, // 31: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
-	29, // 32: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
-	32, // 33: p2pimage.scheduler.v1.Scheduler.PrefetchTask:input_type -> p2pimage.scheduler.v1.PrefetchTaskRequest
-	34, // 34: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:input_type -> p2pimage.scheduler.v1.ReportPrefetchRequest
-	36, // 35: p2pimage.scheduler.v1.Scheduler.GetPrefetch:input_type -> p2pimage.scheduler.v1.GetPrefetchRequest
-	4,  // 36: p2pimage.scheduler.v1.Certificates.IssueCertificate:input_type -> p2pimage.scheduler.v1.IssueCertificateRequest
-	7,  // 37: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
-	10, // 38: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
-	13, // 39: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
-	20, // 40: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
-	24, // 41: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
-	26, // 42: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
-	28, // 43: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
-	30, // 44: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
-	33, // 45: p2pimage.scheduler.v1.Scheduler.PrefetchTask:output_type -> p2pimage.scheduler.v1.PrefetchTaskResponse
-	35, // 46: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:output_type -> p2pimage.scheduler.v1.ReportPrefetchResponse
-	38, // 47: p2pimage.scheduler.v1.Scheduler.GetPrefetch:output_type -> p2pimage.scheduler.v1.GetPrefetchResponse
-	5,  // 48: p2pimage.scheduler.v1.Certificates.IssueCertificate:output_type -> p2pimage.scheduler.v1.IssueCertificateResponse
-	37, // [37:49] is the sub-list for method output_type
-	25, // [25:37] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	13, // 3: p2pimage.scheduler.v1.RegisterPeerRequest.access:type_name -> p2pimage.scheduler.v1.RegistryAccess
+	17, // 4: p2pimage.scheduler.v1.RegisterPeerResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	1,  // 5: p2pimage.scheduler.v1.RegisterPeerResponse.directive:type_name -> p2pimage.scheduler.v1.Directive
+	8,  // 6: p2pimage.scheduler.v1.CandidateParent.host_state:type_name -> p2pimage.scheduler.v1.HostState
+	0,  // 7: p2pimage.scheduler.v1.CandidateParent.host_type:type_name -> p2pimage.scheduler.v1.HostType
+	19, // 8: p2pimage.scheduler.v1.ProgressReport.new_blocks:type_name -> p2pimage.scheduler.v1.NewBlocks
+	20, // 9: p2pimage.scheduler.v1.ProgressReport.block_failure:type_name -> p2pimage.scheduler.v1.BlockFailure
+	21, // 10: p2pimage.scheduler.v1.ProgressReport.finished:type_name -> p2pimage.scheduler.v1.PeerFinished
+	22, // 11: p2pimage.scheduler.v1.ProgressReport.failed:type_name -> p2pimage.scheduler.v1.PeerFailed
+	2,  // 12: p2pimage.scheduler.v1.BlockFailure.reason:type_name -> p2pimage.scheduler.v1.FailureReason
+	24, // 13: p2pimage.scheduler.v1.SchedulerCommand.new_parents:type_name -> p2pimage.scheduler.v1.NewParents
+	25, // 14: p2pimage.scheduler.v1.SchedulerCommand.directive_change:type_name -> p2pimage.scheduler.v1.DirectiveChange
+	17, // 15: p2pimage.scheduler.v1.NewParents.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	1,  // 16: p2pimage.scheduler.v1.DirectiveChange.directive:type_name -> p2pimage.scheduler.v1.Directive
+	17, // 17: p2pimage.scheduler.v1.GetCandidateParentsResponse.candidates:type_name -> p2pimage.scheduler.v1.CandidateParent
+	42, // 18: p2pimage.scheduler.v1.HostCommand.seed_task:type_name -> p2pimage.scheduler.v1.SeedTask
+	34, // 19: p2pimage.scheduler.v1.HostCommand.warm_task:type_name -> p2pimage.scheduler.v1.WarmTask
+	11, // 20: p2pimage.scheduler.v1.WarmTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	11, // 21: p2pimage.scheduler.v1.PrefetchTaskRequest.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	3,  // 22: p2pimage.scheduler.v1.ReportPrefetchRequest.state:type_name -> p2pimage.scheduler.v1.PrefetchState
+	3,  // 23: p2pimage.scheduler.v1.HostPrefetch.state:type_name -> p2pimage.scheduler.v1.PrefetchState
+	40, // 24: p2pimage.scheduler.v1.GetPrefetchResponse.hosts:type_name -> p2pimage.scheduler.v1.HostPrefetch
+	11, // 25: p2pimage.scheduler.v1.SeedTask.source:type_name -> p2pimage.scheduler.v1.TaskSource
+	6,  // 26: p2pimage.scheduler.v1.Scheduler.AnnounceHost:input_type -> p2pimage.scheduler.v1.AnnounceHostRequest
+	9,  // 27: p2pimage.scheduler.v1.Scheduler.Keepalive:input_type -> p2pimage.scheduler.v1.KeepaliveRequest
+	12, // 28: p2pimage.scheduler.v1.Scheduler.RegisterPeer:input_type -> p2pimage.scheduler.v1.RegisterPeerRequest
+	18, // 29: p2pimage.scheduler.v1.Scheduler.SyncProgress:input_type -> p2pimage.scheduler.v1.ProgressReport
+	26, // 30: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:input_type -> p2pimage.scheduler.v1.GetCandidateParentsRequest
+	28, // 31: p2pimage.scheduler.v1.Scheduler.LeaveTask:input_type -> p2pimage.scheduler.v1.LeaveTaskRequest
+	30, // 32: p2pimage.scheduler.v1.Scheduler.LeaveHost:input_type -> p2pimage.scheduler.v1.LeaveHostRequest
+	32, // 33: p2pimage.scheduler.v1.Scheduler.WatchHost:input_type -> p2pimage.scheduler.v1.WatchHostRequest
+	35, // 34: p2pimage.scheduler.v1.Scheduler.PrefetchTask:input_type -> p2pimage.scheduler.v1.PrefetchTaskRequest
+	37, // 35: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:input_type -> p2pimage.scheduler.v1.ReportPrefetchRequest
+	39, // 36: p2pimage.scheduler.v1.Scheduler.GetPrefetch:input_type -> p2pimage.scheduler.v1.GetPrefetchRequest
+	14, // 37: p2pimage.scheduler.v1.Scheduler.CheckAccess:input_type -> p2pimage.scheduler.v1.CheckAccessRequest
+	4,  // 38: p2pimage.scheduler.v1.Certificates.IssueCertificate:input_type -> p2pimage.scheduler.v1.IssueCertificateRequest
+	7,  // 39: p2pimage.scheduler.v1.Scheduler.AnnounceHost:output_type -> p2pimage.scheduler.v1.AnnounceHostResponse
+	10, // 40: p2pimage.scheduler.v1.Scheduler.Keepalive:output_type -> p2pimage.scheduler.v1.KeepaliveResponse
+	16, // 41: p2pimage.scheduler.v1.Scheduler.RegisterPeer:output_type -> p2pimage.scheduler.v1.RegisterPeerResponse
+	23, // 42: p2pimage.scheduler.v1.Scheduler.SyncProgress:output_type -> p2pimage.scheduler.v1.SchedulerCommand
+	27, // 43: p2pimage.scheduler.v1.Scheduler.GetCandidateParents:output_type -> p2pimage.scheduler.v1.GetCandidateParentsResponse
+	29, // 44: p2pimage.scheduler.v1.Scheduler.LeaveTask:output_type -> p2pimage.scheduler.v1.LeaveTaskResponse
+	31, // 45: p2pimage.scheduler.v1.Scheduler.LeaveHost:output_type -> p2pimage.scheduler.v1.LeaveHostResponse
+	33, // 46: p2pimage.scheduler.v1.Scheduler.WatchHost:output_type -> p2pimage.scheduler.v1.HostCommand
+	36, // 47: p2pimage.scheduler.v1.Scheduler.PrefetchTask:output_type -> p2pimage.scheduler.v1.PrefetchTaskResponse
+	38, // 48: p2pimage.scheduler.v1.Scheduler.ReportPrefetch:output_type -> p2pimage.scheduler.v1.ReportPrefetchResponse
+	41, // 49: p2pimage.scheduler.v1.Scheduler.GetPrefetch:output_type -> p2pimage.scheduler.v1.GetPrefetchResponse
+	15, // 50: p2pimage.scheduler.v1.Scheduler.CheckAccess:output_type -> p2pimage.scheduler.v1.CheckAccessResponse
+	5,  // 51: p2pimage.scheduler.v1.Certificates.IssueCertificate:output_type -> p2pimage.scheduler.v1.IssueCertificateResponse
+	39, // [39:52] is the sub-list for method output_type
+	26, // [26:39] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_scheduler_v1_scheduler_proto_init() }
@@ -3062,18 +3252,18 @@ func file_scheduler_v1_scheduler_proto_init() {
 	if File_scheduler_v1_scheduler_proto != nil {
 		return
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[11].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[14].OneofWrappers = []any{
 		(*ProgressReport_HeldBitmap)(nil),
 		(*ProgressReport_NewBlocks)(nil),
 		(*ProgressReport_BlockFailure)(nil),
 		(*ProgressReport_Finished)(nil),
 		(*ProgressReport_Failed)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[16].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[19].OneofWrappers = []any{
 		(*SchedulerCommand_NewParents)(nil),
 		(*SchedulerCommand_DirectiveChange)(nil),
 	}
-	file_scheduler_v1_scheduler_proto_msgTypes[26].OneofWrappers = []any{
+	file_scheduler_v1_scheduler_proto_msgTypes[29].OneofWrappers = []any{
 		(*HostCommand_SeedTask)(nil),
 		(*HostCommand_WarmTask)(nil),
 	}
@@ -3083,7 +3273,7 @@ func file_scheduler_v1_scheduler_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_scheduler_v1_scheduler_proto_rawDesc), len(file_scheduler_v1_scheduler_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -30,6 +30,7 @@ const (
 	Scheduler_PrefetchTask_FullMethodName        = "/p2pimage.scheduler.v1.Scheduler/PrefetchTask"
 	Scheduler_ReportPrefetch_FullMethodName      = "/p2pimage.scheduler.v1.Scheduler/ReportPrefetch"
 	Scheduler_GetPrefetch_FullMethodName         = "/p2pimage.scheduler.v1.Scheduler/GetPrefetch"
+	Scheduler_CheckAccess_FullMethodName         = "/p2pimage.scheduler.v1.Scheduler/CheckAccess"
 )
 
 // SchedulerClient is the client API for Scheduler service.
@@ -92,6 +93,10 @@ type SchedulerClient interface {
 	ReportPrefetch(ctx context.Context, in *ReportPrefetchRequest, opts ...grpc.CallOption) (*ReportPrefetchResponse, error)
 	// GetPrefetch returns where each host asked to warm a task stands.
 	GetPrefetch(ctx context.Context, in *GetPrefetchRequest, opts ...grpc.CallOption) (*GetPrefetchResponse, error)
+	// CheckAccess asks whether a host may read a private task (see RegistryAccess): a peer
+	// holding blocks of one asks it about each peer that requests them, naming the requester
+	// by its mutual-TLS certificate. The answer holds until valid_for_ms has passed.
+	CheckAccess(ctx context.Context, in *CheckAccessRequest, opts ...grpc.CallOption) (*CheckAccessResponse, error)
 }
 
 type schedulerClient struct {
@@ -224,6 +229,16 @@ func (c *schedulerClient) GetPrefetch(ctx context.Context, in *GetPrefetchReques
 	return out, nil
 }
 
+func (c *schedulerClient) CheckAccess(ctx context.Context, in *CheckAccessRequest, opts ...grpc.CallOption) (*CheckAccessResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckAccessResponse)
+	err := c.cc.Invoke(ctx, Scheduler_CheckAccess_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SchedulerServer is the server API for Scheduler service.
 // All implementations must embed UnimplementedSchedulerServer
 // for forward compatibility.
@@ -284,6 +299,10 @@ type SchedulerServer interface {
 	ReportPrefetch(context.Context, *ReportPrefetchRequest) (*ReportPrefetchResponse, error)
 	// GetPrefetch returns where each host asked to warm a task stands.
 	GetPrefetch(context.Context, *GetPrefetchRequest) (*GetPrefetchResponse, error)
+	// CheckAccess asks whether a host may read a private task (see RegistryAccess): a peer
+	// holding blocks of one asks it about each peer that requests them, naming the requester
+	// by its mutual-TLS certificate. The answer holds until valid_for_ms has passed.
+	CheckAccess(context.Context, *CheckAccessRequest) (*CheckAccessResponse, error)
 	mustEmbedUnimplementedSchedulerServer()
 }
 
@@ -326,6 +345,9 @@ func (UnimplementedSchedulerServer) ReportPrefetch(context.Context, *ReportPrefe
 }
 func (UnimplementedSchedulerServer) GetPrefetch(context.Context, *GetPrefetchRequest) (*GetPrefetchResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetPrefetch not implemented")
+}
+func (UnimplementedSchedulerServer) CheckAccess(context.Context, *CheckAccessRequest) (*CheckAccessResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckAccess not implemented")
 }
 func (UnimplementedSchedulerServer) mustEmbedUnimplementedSchedulerServer() {}
 func (UnimplementedSchedulerServer) testEmbeddedByValue()                   {}
@@ -528,6 +550,24 @@ func _Scheduler_GetPrefetch_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Scheduler_CheckAccess_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CheckAccessRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SchedulerServer).CheckAccess(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Scheduler_CheckAccess_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SchedulerServer).CheckAccess(ctx, req.(*CheckAccessRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Scheduler_ServiceDesc is the grpc.ServiceDesc for Scheduler service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -570,6 +610,10 @@ var Scheduler_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetPrefetch",
 			Handler:    _Scheduler_GetPrefetch_Handler,
+		},
+		{
+			MethodName: "CheckAccess",
+			Handler:    _Scheduler_CheckAccess_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
