@@ -60,6 +60,7 @@ type settings struct {
 	seeded          bool
 	manualSweep     bool
 	observer        DurationObserver
+	verifier        AccessVerifier
 }
 
 func defaultSettings() settings {

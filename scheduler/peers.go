@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/containerd/log"
@@ -38,6 +39,16 @@ func (s *Scheduler) RegisterPeer(ctx context.Context, req *schedulerv1.RegisterP
 	if err != nil {
 		return nil, err
 	}
+	private := req.Source != nil && req.TaskId == schedulerv1.PrivateTaskID(req.Source)
+	var (
+		name    string
+		expires time.Time
+	)
+	if private {
+		if name, expires, err = s.checkPrivate(ctx, req); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.lock(); err != nil {
 		return nil, err
 	}
@@ -49,6 +60,12 @@ func (s *Scheduler) RegisterPeer(ctx context.Context, req *schedulerv1.RegisterP
 	t, err := s.task(ctx, req.TaskId, req.BlockSize, req.TaskSize, count)
 	if err != nil {
 		return nil, err
+	}
+	switch {
+	case private:
+		t.grant(name, expires)
+	case t.private:
+		return nil, fmt.Errorf("task %s is private: register it with its source and a proof of access: %w", t.id, errdefs.ErrPermissionDenied)
 	}
 	if req.Source != nil && t.source == nil {
 		t.source = proto.CloneOf(req.Source)
@@ -293,7 +310,7 @@ func (s *Scheduler) rootProvider(ctx context.Context, t *task, quiet *peer) {
 // pickSeed returns the seed host for t by rendezvous hash over the seed hosts watching, less
 // those that failed t or already take part in it, or nil. The caller holds mu.
 func (s *Scheduler) pickSeed(t *task) *host {
-	if len(s.seeds) == 0 {
+	if len(s.seeds) == 0 || t.private { // a seed has not proved it may read a private task
 		return nil
 	}
 	ids := make([]string, 0, len(s.seeds))

@@ -62,6 +62,7 @@ type Scheduler struct {
 	idPrefix string
 	nextSeq  uint64
 	events   events
+	proofs   proofs
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -93,6 +94,7 @@ func New(opts ...Option) (*Scheduler, error) {
 		tasks:    make(map[string]*task),
 		prefetch: prefetches{byTask: make(map[string]map[string]*schedulerv1.HostPrefetch)},
 		peers:    make(map[string]*peer),
+		proofs:   proofs{answers: make(map[proofKey]proofAnswer)},
 		rng:      rng,
 		// Peer ids differ across restarts, so an id a peer kept from a dead scheduler is
 		// NOT_FOUND here rather than someone else's.
@@ -187,6 +189,7 @@ func (s *Scheduler) sweep(ctx context.Context) {
 		s.events.hostsExpired++
 		s.removeHost(ctx, h, fmt.Errorf("host %s missed its keepalives: %w", h.id, errdefs.ErrNotFound))
 	}
+	s.expireGrants(now)
 	for _, t := range s.sortedTasks() {
 		s.kick(t)
 	}

@@ -44,6 +44,10 @@ type task struct {
 	size       uint64 // 0 until known
 	blockCount uint32 // 0 until known
 	source     *schedulerv1.TaskSource
+	// private: the task is a private repository's layer (PrivateTaskID), whose peers proved
+	// they may read it; grants says until when, by certificate name.
+	private bool
+	grants  map[string]time.Time
 
 	// peers in no particular order (sampling permutes it in place); peer.index is the position.
 	peers []*peer

@@ -20,11 +20,10 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
+	"github.com/p2pimage/p2p-snapshotter/scheduler"
 )
 
 // Issuer issues the cluster's certificates. It is safe for concurrent use.
@@ -89,7 +88,7 @@ func (is *Issuer) IssueCertificate(ctx context.Context, req *schedulerv1.IssueCe
 	} else {
 		// A renewal: the caller's own certificate, which the TLS handshake verified against
 		// the CA, must name the same host.
-		cn, ok := ClientName(ctx)
+		cn, ok := scheduler.CallerName(ctx)
 		if !ok {
 			return nil, status.Error(codes.PermissionDenied, "no bootstrap token and no client certificate")
 		}
@@ -181,20 +180,6 @@ func (is *Issuer) selfCertificate(name string) (*tls.Certificate, error) {
 	return is.self, nil
 }
 
-// ClientName returns the common name of the client certificate the TLS handshake of ctx's
-// call verified, if any.
-func ClientName(ctx context.Context) (string, bool) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return "", false
-	}
-	info, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return "", false
-	}
-	return info.State.VerifiedChains[0][0].Subject.CommonName, true
-}
-
 // RequireClientCert returns interceptors that refuse every call without a verified client
 // certificate, but those to IssueCertificate and to the gRPC health service.
 func RequireClientCert() []grpc.ServerOption {
@@ -202,7 +187,7 @@ func RequireClientCert() []grpc.ServerOption {
 		if method == schedulerv1.Certificates_IssueCertificate_FullMethodName || strings.HasPrefix(method, "/grpc.health.v1.Health/") {
 			return nil // how a host gets its first certificate; and health probes
 		}
-		if _, ok := ClientName(ctx); !ok {
+		if _, ok := scheduler.CallerName(ctx); !ok {
 			return status.Errorf(codes.Unauthenticated, "%s needs a client certificate of the cluster's CA", method)
 		}
 		return nil

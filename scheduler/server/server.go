@@ -148,6 +148,12 @@ func (s *Server) GetPrefetch(ctx context.Context, req *schedulerv1.GetPrefetchRe
 	return resp, toStatus(err)
 }
 
+// CheckAccess implements the RPC.
+func (s *Server) CheckAccess(ctx context.Context, req *schedulerv1.CheckAccessRequest) (*schedulerv1.CheckAccessResponse, error) {
+	resp, err := s.core.CheckAccess(ctx, req)
+	return resp, toStatus(err)
+}
+
 // LeaveHost implements the RPC.
 func (s *Server) LeaveHost(ctx context.Context, req *schedulerv1.LeaveHostRequest) (*schedulerv1.LeaveHostResponse, error) {
 	resp, err := s.core.LeaveHost(ctx, req)
@@ -247,6 +253,8 @@ func toStatus(err error) error {
 	}
 	var code codes.Code
 	switch {
+	case errdefs.IsPermissionDenied(err): // first: a refused proof may wrap the registry's "not found"
+		code = codes.PermissionDenied
 	case errdefs.IsNotFound(err):
 		code = codes.NotFound
 	case errdefs.IsInvalidArgument(err):
