@@ -79,14 +79,16 @@ func (n *Node) Blob(ctx context.Context, src seed.Source) (*BlobReader, error) {
 		return &BlobReader{ctx: ctx, node: n, bt: bt}, nil
 	}
 	var reg Registration
-	if n.sched != nil {
+	shared, private := n.shared(ctx, src)
+	if shared {
 		var err error
-		if reg, err = n.sched.Register(ctx, src, int64(n.cache.BlockSize())); err != nil {
+		if reg, err = n.sched.Register(ctx, src, int64(n.cache.BlockSize()), private); err != nil {
 			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot register a blob with the scheduler; reading it from its registry")
+			shared = false
 		}
 	}
-	if n.sched == nil || reg.Directive != FetchFromParents {
-		bt = n.blobOrigin(ctx, src)
+	if !shared || reg.Directive != FetchFromParents {
+		bt = n.blobOrigin(ctx, src, shared)
 	} else {
 		var err error
 		if bt, err = n.blobFromParents(src); err != nil {
@@ -127,8 +129,9 @@ func (n *Node) StreamBlob(ctx context.Context, w io.Writer, src seed.Source) (in
 }
 
 // blobOrigin makes this node the origin of the blob src names: it serves every block,
-// reading what it has not cached from the registry when asked.
-func (n *Node) blobOrigin(ctx context.Context, src seed.Source) *blobTask {
+// reading what it has not cached from the registry when asked. With tell, it tells the
+// scheduler so.
+func (n *Node) blobOrigin(ctx context.Context, src seed.Source, tell bool) *blobTask {
 	task := src.Task()
 	n.mu.Lock()
 	bt := n.blobs[task]
@@ -138,7 +141,7 @@ func (n *Node) blobOrigin(ctx context.Context, src seed.Source) *blobTask {
 	}
 	n.mu.Unlock()
 	n.registry.OnDemand(task, layer.BlockCount(bt.size, int64(n.cache.BlockSize())), bt.origin)
-	if n.sched != nil {
+	if tell {
 		if err := n.sched.Holding(ctx, task, bt.size); err != nil {
 			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell the scheduler this node is a blob's origin")
 		}
@@ -174,7 +177,7 @@ func (n *Node) seedBlob(ctx context.Context, src seed.Source) error {
 	if err := src.Blob.Digest.Validate(); err != nil || src.Blob.Size <= 0 {
 		return fmt.Errorf("blob %q of size %d: not a blob to seed", src.Blob.Digest, src.Blob.Size)
 	}
-	n.blobOrigin(ctx, src)
+	n.blobOrigin(ctx, src, true)
 	return nil
 }
 

@@ -46,11 +46,17 @@ func (m *memRanges) ReadBlobRange(_ context.Context, _, _ string, _ digest.Diges
 type staticScheduler struct {
 	directive p2p.Directive
 	holding   atomic.Int64 // Holding calls
-	mu        sync.Mutex
+	// registered counts Register calls, private those of private layers.
+	registered, private atomic.Int64
+	mu                  sync.Mutex
 	parents   []fetch.Parent
 }
 
-func (s *staticScheduler) Register(context.Context, seed.Source, int64) (p2p.Registration, error) {
+func (s *staticScheduler) Register(_ context.Context, _ seed.Source, _ int64, private bool) (p2p.Registration, error) {
+	s.registered.Add(1)
+	if private {
+		s.private.Add(1)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return p2p.Registration{Directive: s.directive, Parents: slices.Clone(s.parents)}, nil

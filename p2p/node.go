@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/log"
 	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/layer"
@@ -43,8 +44,10 @@ type Registration struct {
 // Scheduler decides who fetches from whom: a client of p2p-scheduler, or the embedded one.
 // Its methods may be called concurrently.
 type Scheduler interface {
-	// Register joins this node to the task of layer src. blockSize is this node's.
-	Register(ctx context.Context, src seed.Source, blockSize int64) (Registration, error)
+	// Register joins this node to the task of layer src. blockSize is this node's. A
+	// private repository's layer (see WithRegistryAccess) joins the repository's private
+	// task, with a proof that this node may read the repository.
+	Register(ctx context.Context, src seed.Source, blockSize int64, private bool) (Registration, error)
 	// Parents returns candidate parents of task other than those in exclude.
 	fetch.ParentSource
 	// BlockFetched and BlockFailed report each fetch, for the scheduler's view of parents.
@@ -76,10 +79,20 @@ type Node struct {
 	clientOpts []peer.ClientOption
 	// observe is told how long each block fetched took and where it came from, or nil.
 	observe func(source string, took time.Duration)
+	// access tells private repositories' layers from public ones (WithRegistryAccess);
+	// peerTLS is set when the node names itself to peers with a certificate (WithPeerTLS).
+	access  RegistryAccess
+	peerTLS bool
+	// admitting asks the scheduler once for concurrent Admit calls about one peer and task.
+	admitting singleflight.Group
 
 	mu     sync.Mutex
 	layers map[layer.TaskID]*seed.Layer // layers read from peers, one fetcher each
 	blobs  map[layer.TaskID]*blobTask   // blobs read at random (Blob)
+	// private holds the tasks of private repositories' layers (see Admit), and admitted
+	// the answers about who may read them, until when.
+	private  map[layer.TaskID]privacy
+	admitted map[admission]admitAnswer
 }
 
 // NodeOption configures a Node.
@@ -121,7 +134,8 @@ func WithWindow(n int) NodeOption { return func(nd *Node) { nd.window = max(n, 1
 // from its registry.
 func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Store, sched Scheduler, opts ...NodeOption) *Node {
 	n := &Node{cache: cache, registry: registry, seeds: seeds, sched: sched, window: 16,
-		layers: make(map[layer.TaskID]*seed.Layer), blobs: make(map[layer.TaskID]*blobTask)}
+		layers: make(map[layer.TaskID]*seed.Layer), blobs: make(map[layer.TaskID]*blobTask),
+		private: make(map[layer.TaskID]privacy), admitted: make(map[admission]admitAnswer)}
 	for _, o := range opts {
 		o(n)
 	}
@@ -132,7 +146,10 @@ func NewNode(cache *blockcache.Cache, registry *tasks.Registry, seeds *seed.Stor
 // WithPeerTLS has the node speak TLS with cfg to its parents (package tlsfiles makes a
 // mutual-TLS one); its own block server must then serve TLS too.
 func WithPeerTLS(cfg *tls.Config) NodeOption {
-	return func(nd *Node) { nd.clientOpts = append(nd.clientOpts, peer.WithClientTLS(cfg)) }
+	return func(nd *Node) {
+		nd.clientOpts = append(nd.clientOpts, peer.WithClientTLS(cfg))
+		nd.peerTLS = true
+	}
 }
 
 // DownloadRate is the rate at which this node has been receiving blocks from peers, bytes/s.
@@ -167,20 +184,21 @@ func (n *Node) Open(task layer.TaskID) (*seed.Layer, error) {
 // parents on demand, as the scheduler says.
 func (n *Node) Layer(ctx context.Context, src seed.Source) (*seed.Layer, error) {
 	task := layer.TaskIDFromDigest(src.DiffID)
+	shared, private := n.shared(ctx, src) // before a stored layer is served again
 	if l, err := n.Open(task); err == nil {
 		return l, nil
 	} else if !errors.Is(err, os.ErrNotExist) {
 		log.G(ctx).WithError(err).WithField("task", task).Warn("stored layer unusable; fetching it again")
 	}
-	if n.sched == nil {
-		return n.seed(ctx, src)
+	if !shared {
+		return n.seed(ctx, src, false)
 	}
-	reg, err := n.sched.Register(ctx, src, int64(n.cache.BlockSize()))
+	reg, err := n.sched.Register(ctx, src, int64(n.cache.BlockSize()), private)
 	if err != nil {
 		return nil, fmt.Errorf("layer %s: register with the scheduler: %w", task, err)
 	}
 	if reg.Directive == BackToSource {
-		return n.seed(ctx, src)
+		return n.seed(ctx, src, true)
 	}
 	x, err := n.indexFromParents(ctx, task, reg.Parents)
 	if err != nil {
@@ -213,13 +231,14 @@ func (n *Node) peerLayer(task layer.TaskID, x *layer.Index) (*seed.Layer, error)
 	return l, nil
 }
 
-// seed reads the layer from its registry, telling the scheduler this node is its source.
-func (n *Node) seed(ctx context.Context, src seed.Source) (*seed.Layer, error) {
+// seed reads the layer from its registry, telling the scheduler this node is its source
+// when tell is set.
+func (n *Node) seed(ctx context.Context, src seed.Source, tell bool) (*seed.Layer, error) {
 	l, err := n.seeds.Layer(ctx, src)
 	if err != nil {
 		return nil, err
 	}
-	if n.sched != nil {
+	if tell {
 		if err := n.sched.Holding(ctx, l.Index.Task(), l.Index.Blocks.Size); err != nil {
 			log.G(ctx).WithError(err).WithField("task", l.Index.Task()).Warn("cannot tell the scheduler this node holds a layer")
 		}
@@ -317,16 +336,17 @@ func (n *Node) Warm(ctx context.Context, src seed.Source) error {
 	if _, ok := n.registry.CompleteTable(task); ok {
 		return nil
 	}
-	if _, err := n.seeds.Open(task); err == nil || n.sched == nil {
+	shared, private := n.shared(ctx, src)
+	if _, err := n.seeds.Open(task); err == nil || !shared {
 		_, err := n.Layer(ctx, src)
 		return err
 	}
-	reg, err := n.sched.Register(ctx, src, int64(n.cache.BlockSize()))
+	reg, err := n.sched.Register(ctx, src, int64(n.cache.BlockSize()), private)
 	if err != nil {
 		return fmt.Errorf("layer %s: register with the scheduler: %w", task, err)
 	}
 	if reg.Directive == BackToSource {
-		_, err := n.seed(ctx, src)
+		_, err := n.seed(ctx, src, true)
 		return err
 	}
 	start := time.Now()
@@ -474,10 +494,13 @@ func (n *Node) warmPipelined(ctx context.Context, task layer.TaskID) (_ layer.Bl
 // does this for each layer the scheduler sends it. For a blob read at random
 // (src.RandomAccess) the node becomes the blob's origin (see Blob) and reads nothing yet.
 func (n *Node) SeedLayer(ctx context.Context, src seed.Source) error {
+	if _, private := n.shared(ctx, src); private {
+		return fmt.Errorf("layer %s: a seed reads no private repository's layer for others", src.Task())
+	}
 	if src.RandomAccess {
 		return n.seedBlob(ctx, src)
 	}
-	_, err := n.seed(ctx, src)
+	_, err := n.seed(ctx, src, true)
 	return err
 }
 

@@ -89,7 +89,7 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 	resp.Body.Close()
 	a = accessEntry{checked: now, Access: Access{Private: true}}
 	if auth := resp.Request.Header.Get("Authorization"); strings.HasPrefix(auth, "Bearer ") {
-		a.Authorization, a.Expires = auth, tokenExpiry(auth, now)
+		a.Authorization, a.Expires = auth, TokenExpiry(auth, now)
 	}
 	c.remember(key, a)
 	return a.Access, nil
@@ -156,10 +156,10 @@ func (c *Client) headOnce(ctx context.Context, h docker.RegistryHost, r request)
 	return resp, nil
 }
 
-// tokenExpiry returns when a bearer token expires: its exp claim if it is a JWT, else
+// TokenExpiry returns when a bearer token (an Authorization header value) expires: its exp claim if it is a JWT, else
 // DefaultTokenLifetime after now. The token is not verified: the registry does that; the
 // expiry only bounds how long an answer about it is kept.
-func tokenExpiry(authorization string, now time.Time) time.Time {
+func TokenExpiry(authorization string, now time.Time) time.Time {
 	token := strings.TrimPrefix(authorization, "Bearer ")
 	parts := strings.Split(token, ".")
 	if len(parts) == 3 {

@@ -123,7 +123,7 @@ func TestTokenExpiry(t *testing.T) {
 		{"three parts, not base64", "Bearer a.%%%.c", now.Add(DefaultTokenLifetime)},
 	}
 	for _, tt := range tests {
-		if got := tokenExpiry(tt.auth, now); !got.Equal(tt.want) {
+		if got := TokenExpiry(tt.auth, now); !got.Equal(tt.want) {
 			t.Errorf("%s: got %v; want %v", tt.name, got, tt.want)
 		}
 	}

@@ -49,6 +49,10 @@ const (
 //	[seed]
 //	max_back_to_source = 1
 //
+//	[registry]            # to check proofs of access to private repositories
+//	hosts_dir = ""        # containerd certs.d directory (TLS, plain HTTP)
+//	insecure = []         # registries reached over plain HTTP
+//
 //	[keepalive]
 //	interval = "5s"
 //	misses = 3
@@ -69,6 +73,18 @@ type Config struct {
 	// TLS, when its files are set, has the gRPC service speak mutual TLS only: every host
 	// and client must present a certificate the CA signed.
 	TLS TLSConfig `toml:"tls"`
+	// Registry says how the scheduler reaches registries, to check the proofs of access
+	// hosts give for private tasks (a HEAD of the blob with the host's token).
+	Registry RegistryConfig `toml:"registry"`
+}
+
+// RegistryConfig configures how the scheduler reaches registries, as the daemon's
+// [registry] does.
+type RegistryConfig struct {
+	// HostsDir is a containerd certs.d directory of hosts.toml files (TLS, plain HTTP).
+	HostsDir string `toml:"hosts_dir"`
+	// Insecure lists registries (host or host:port) reached over plain HTTP.
+	Insecure []string `toml:"insecure"`
 }
 
 // TLSConfig names the PEM files of a mutual-TLS identity: all three, or none for plaintext.

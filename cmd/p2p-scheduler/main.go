@@ -23,12 +23,15 @@ import (
 	"time"
 
 	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
+	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
+	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/scheduler"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/issuer"
 	"github.com/p2pimage/p2p-snapshotter/scheduler/metrics"
@@ -118,6 +121,8 @@ func run(ctx context.Context, cfg scheduler.Config, listening listening) error {
 		return err
 	}
 	opts := cfg.Options()
+	opts = append(opts, scheduler.WithAccessVerifier(registryVerifier{registry.New(
+		registry.WithHostsDir(cfg.Registry.HostsDir), registry.WithInsecureRegistries(cfg.Registry.Insecure...))}))
 	var m *metrics.Metrics
 	if cfg.MetricsAddress != "" {
 		m = metrics.New()
@@ -209,4 +214,15 @@ func listen(cfg scheduler.Config) (grpcLn, metricsLn net.Listener, err error) {
 		return nil, nil, fmt.Errorf("listen for metrics: %w", err)
 	}
 	return grpcLn, metricsLn, nil
+}
+
+// registryVerifier checks a host's proof of access to a private task's repository with a
+// HEAD of the blob at the registry, and says the proof holds until the token expires.
+type registryVerifier struct{ client *registry.Client }
+
+func (v registryVerifier) VerifyAccess(ctx context.Context, src *schedulerv1.TaskSource, authorization string) (time.Time, error) {
+	if err := v.client.CheckAuthorization(ctx, src.GetRegistry(), src.GetRepository(), digest.Digest(src.GetBlobDigest()), authorization); err != nil {
+		return time.Time{}, err
+	}
+	return registry.TokenExpiry(authorization, time.Now()), nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/containerd/log"
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
+	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
 	"github.com/p2pimage/p2p-snapshotter/p2p/blobs"
 	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
@@ -85,7 +86,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 		nodeRef atomic.Pointer[p2p.Node]
 	)
 	if cfg.P2P.Address != "" {
-		server = peer.NewServer(record, peer.WithSlots(cfg.P2P.UploadSlots))
+		server = peer.NewServer(record, peer.WithSlots(cfg.P2P.UploadSlots), peer.WithGate(nodeGate{&nodeRef}))
 		ln, err := net.Listen("tcp", cfg.P2P.Address)
 		if err != nil {
 			return nil, fmt.Errorf("block service: %w", err)
@@ -101,7 +102,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 		closers = append(closers, server.Close)
 		log.G(ctx).WithField("address", ln.Addr().String()).Info("serving blocks to peers")
 		if len(cfg.P2P.Schedulers) > 0 {
-			c, err := newSchedulerClient(ctx, cfg, server, &nodeRef, id)
+			c, err := newSchedulerClient(ctx, cfg, server, &nodeRef, id, client)
 			if err != nil {
 				return nil, err
 			}
@@ -119,7 +120,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 		src.Uploaded = server.UploadedBytes
 	}
 	dm := metrics.NewDataPlane(src)
-	nopts := []p2p.NodeOption{p2p.WithBlobRanges(client), p2p.WithFetchObserver(dm.ObserveFetch)}
+	nopts := []p2p.NodeOption{p2p.WithBlobRanges(client), p2p.WithFetchObserver(dm.ObserveFetch), p2p.WithRegistryAccess(client)}
 	if id != nil {
 		nopts = append(nopts, p2p.WithPeerTLS(id.ClientConfig()))
 	}
@@ -188,7 +189,7 @@ func tlsIdentity(ctx context.Context, cfg snapshotter.Config) (_ *tlsfiles.Ident
 
 // newSchedulerClient connects to the schedulers of cfg as the host cfg describes; node is
 // set once the node exists.
-func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, node *atomic.Pointer[p2p.Node], tlsID *tlsfiles.Identity) (*scheduling.Client, error) {
+func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *peer.Server, node *atomic.Pointer[p2p.Node], tlsID *tlsfiles.Identity, access p2p.RegistryAccess) (*scheduling.Client, error) {
 	ring, err := scheduling.NewRing(ctx, cfg.P2P.Schedulers, time.Duration(cfg.P2P.SchedulerCooldown), net.DefaultResolver, time.Now)
 	if err != nil {
 		return nil, err
@@ -242,6 +243,18 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 	}
 	if tlsID != nil {
 		opts = append(opts, scheduling.WithTLS(tlsID.ClientConfig()))
+		opts = append(opts, scheduling.WithRegistryAccess(access)) // private layers are shared only over mutual TLS
 	}
 	return scheduling.New(host, state, ring, opts...), nil
+}
+
+// nodeGate is the block service's gate: the node's (p2p.Node.Admit), once there is a node.
+// Until then it holds nothing, private or not.
+type nodeGate struct{ node *atomic.Pointer[p2p.Node] }
+
+func (g nodeGate) Admit(ctx context.Context, identity string, task layer.TaskID) error {
+	if n := g.node.Load(); n != nil {
+		return n.Admit(ctx, identity, task)
+	}
+	return nil
 }

@@ -46,6 +46,9 @@ const (
 	ReasonConnection
 	ReasonBusy
 	ReasonNotFound
+	// ReasonForbidden: the task is private and the parent does not know this node may read
+	// it (yet, or any more: its proof of access expired).
+	ReasonForbidden
 )
 
 // Reporter learns of each block fetched and each failure, e.g. to tell the scheduler.
@@ -87,6 +90,9 @@ const (
 	minRate = 256 << 10
 	// cooldown sets aside a parent that failed or stalled.
 	cooldown = 3 * time.Second
+	// forbiddenBackoff sets aside a parent that refused a private task, long enough for a
+	// new proof of access to reach the scheduler.
+	forbiddenBackoff = time.Second
 	// busyBackoff sets aside a parent that answered busy.
 	busyBackoff = 100 * time.Millisecond
 	// notFoundBackoff sets aside, for one block, a parent that did not have it.
@@ -359,6 +365,9 @@ func (f *Fetcher) record(ctx context.Context, p *parentState, n, want int, took 
 	case errors.Is(*err, peer.ErrBusy):
 		p.until, p.unreached = now.Add(busyBackoff), false
 		return ReasonBusy
+	case errors.Is(*err, peer.ErrForbidden):
+		p.until, p.unreached = now.Add(forbiddenBackoff), false
+		return ReasonForbidden
 	case errors.Is(*err, peer.ErrNotFound):
 		// It does not hold the block (evicted, or not received yet): FillBlock tries others
 		// for this block; it stays usable for the others, and a candidate when asking the

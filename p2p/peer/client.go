@@ -21,6 +21,8 @@ var (
 	ErrBusy = errors.New("peer busy")
 	// ErrNotFound: the peer does not hold it, or did not get it within the wait.
 	ErrNotFound = errors.New("peer does not hold it")
+	// ErrForbidden: the task is private and the peer does not know this node may read it.
+	ErrForbidden = errors.New("peer refused a private task")
 	// ErrPeer: the peer failed or refused the request.
 	ErrPeer = errors.New("peer error")
 )
@@ -183,7 +185,7 @@ func (c *Client) do(ctx context.Context, addr string, req wire.Request, read fun
 		}
 		return st, err
 	}
-	if err != nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrPeer) {
+	if err != nil && !errors.Is(err, ErrBusy) && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrForbidden) && !errors.Is(err, ErrPeer) {
 		cn.Close()
 		return st, err
 	}
@@ -214,6 +216,8 @@ func exchange(cn *conn, meter *RateMeter, req wire.Request, read func(wire.Respo
 			return h.State, ErrBusy
 		case wire.StatusNotFound:
 			return h.State, fmt.Errorf("%w: %s", ErrNotFound, msg)
+		case wire.StatusForbidden:
+			return h.State, fmt.Errorf("%w: %s", ErrForbidden, msg)
 		}
 		return h.State, fmt.Errorf("%w: %s: %s", ErrPeer, h.Status, msg)
 	}

@@ -3,6 +3,7 @@ package peer
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -43,6 +44,17 @@ type HeldReporter interface {
 	Held(task layer.TaskID) ([]byte, error)
 }
 
+// Gate decides which peers may read which tasks.
+type Gate interface {
+	// Admit returns nil if the peer whose verified certificate names identity ("" for a
+	// peer without one, or a server without TLS) may read task, and otherwise an error
+	// wrapping ErrForbidden. It is called for every request, so it keeps its answers.
+	Admit(ctx context.Context, identity string, task layer.TaskID) error
+}
+
+// WithGate has the server ask g before it answers any request about a task.
+func WithGate(g Gate) ServerOption { return func(s *Server) { s.gate = g } }
+
 // DefaultSlots is the default number of answers a server sends at once.
 const DefaultSlots = 16
 
@@ -58,6 +70,7 @@ const ioTimeout = time.Minute
 // Server serves a Holder's blocks. It is safe for concurrent use.
 type Server struct {
 	holder Holder
+	gate   Gate // nil: every peer may read every task
 	slots  chan struct{}
 	meter  *RateMeter
 
@@ -157,6 +170,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 	}()
 	r := bufio.NewReader(c)
 	w := &meteredWriter{w: c, meter: s.meter}
+	identity := ""
 	for {
 		c.SetReadDeadline(time.Time{}) // an idle pooled connection may wait for its next request
 		req, err := wire.ReadRequest(r)
@@ -167,7 +181,10 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 			}
 			return
 		}
-		if err := s.handle(ctx, c, w, req); err != nil {
+		if tc, ok := c.(*tls.Conn); ok && identity == "" {
+			identity = verifiedName(tc.ConnectionState()) // the handshake is done: a request was read
+		}
+		if err := s.handle(ctx, c, w, req, identity); err != nil {
 			log.G(ctx).WithError(err).Debug("peer server: connection ends")
 			return
 		}
@@ -181,7 +198,15 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 // children's requests still answers "busy" only when its uplink is really shared out. A
 // request that finds every slot sending is answered busy at once, so the child asks another
 // parent; one that waited and then finds none waits up to slotWait for one.
-func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req wire.Request) error {
+func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req wire.Request, identity string) error {
+	if s.gate != nil {
+		if err := s.gate.Admit(ctx, identity, req.Task); err != nil {
+			log.G(ctx).WithError(err).WithFields(log.Fields{"task": req.Task, "identity": identity}).Debug("peer refused a private task")
+			msg := []byte(err.Error())
+			c.SetWriteDeadline(time.Now().Add(ioTimeout))
+			return wire.WriteResponse(c, wire.ResponseHeader{Status: wire.StatusForbidden, State: s.State(), Length: len(msg)}, msg)
+		}
+	}
 	if len(s.slots) == cap(s.slots) {
 		return s.busy(c)
 	}
@@ -250,6 +275,14 @@ func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req w
 	}
 	c.SetWriteDeadline(time.Now().Add(ioTimeout))
 	return wire.WriteResponse(w, wire.ResponseHeader{Status: status, State: s.State(), Length: len(payload)}, payload)
+}
+
+// verifiedName is the common name of the client certificate a TLS handshake verified, or "".
+func verifiedName(cs tls.ConnectionState) string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	return cs.VerifiedChains[0][0].Subject.CommonName
 }
 
 // busy answers that every upload slot is sending.

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
+	"fmt"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/p2pimage/p2p-snapshotter/layer"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles/tlstest"
 )
@@ -51,6 +55,55 @@ func TestBlocksOverMutualTLS(t *testing.T) {
 			}
 			if !tc.ok && err == nil {
 				t.Fatal("served")
+			}
+		})
+	}
+}
+
+// gateFor admits the peers whose certificates name one of names.
+type gateFor []string
+
+func (g gateFor) Admit(_ context.Context, identity string, _ layer.TaskID) error {
+	if slices.Contains(g, identity) {
+		return nil
+	}
+	return fmt.Errorf("%q may not read the task: %w", identity, ErrForbidden)
+}
+
+// TestGateSeesCertificateNames: a gate learns each peer by the name its verified
+// certificate carries, and what it refuses is answered "forbidden", which the client reports
+// as ErrForbidden; the connection stays usable.
+func TestGateSeesCertificateNames(t *testing.T) {
+	dir := t.TempDir()
+	ca := tlstest.NewAuthority(t, "cluster")
+	identity := func(f tlsfiles.Files) *tlsfiles.Identity { return tlstest.Load(t, f) }
+	h := newHolder(t)
+	close(h.gate)
+	s := NewServer(h, WithGate(gateFor{"alice"}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(context.Background(), tls.NewListener(ln, identity(ca.Valid(t, dir, "server")).ServerConfig()))
+	t.Cleanup(func() { s.Close() })
+	addr := ln.Addr().String()
+
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{{"alice", true}, {"mallory", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewClient(WithClientTLS(identity(ca.Valid(t, dir, tc.name)).ClientConfig()))
+			defer c.Close()
+			for range 2 { // the second request goes over the same connection
+				buf := make([]byte, 4096)
+				_, _, err := c.Block(t.Context(), addr, task, 7, time.Second, buf)
+				switch {
+				case tc.ok && err != nil:
+					t.Fatalf("refused: %v", err)
+				case !tc.ok && !errors.Is(err, ErrForbidden):
+					t.Fatalf("got %v; want ErrForbidden", err)
+				}
 			}
 		})
 	}

@@ -54,6 +54,7 @@ type Client struct {
 	onSeed func(ctx context.Context, src seed.Source)
 	onWarm WarmHandler
 	tls    *tls.Config // nil: plaintext
+	access p2p.RegistryAccess
 
 	mu        sync.Mutex
 	conns     map[string]*grpc.ClientConn
@@ -68,7 +69,11 @@ type Client struct {
 
 // taskReg is this node's registration on one task.
 type taskReg struct {
-	task      layer.TaskID
+	task layer.TaskID
+	// schedID is the task's id at the schedulers: task, or for a private repository's layer
+	// its private task (schedulerv1.PrivateTaskID).
+	schedID   string
+	private   bool
 	src       seed.Source
 	blockSize int64
 	size      int64
@@ -81,6 +86,7 @@ type taskReg struct {
 	finished bool
 	pending  []*schedulerv1.ProgressReport
 	kick     chan struct{} // wakes the progress loop
+	proved   time.Time     // when a refused private task last made it prove access again
 }
 
 // Option configures a Client.
@@ -89,6 +95,10 @@ type Option func(*Client)
 // WithTLS has the client speak TLS with cfg to the schedulers (package tlsfiles makes a
 // mutual-TLS one).
 func WithTLS(cfg *tls.Config) Option { return func(c *Client) { c.tls = cfg } }
+
+// WithRegistryAccess gives the client the proofs of access it registers private tasks
+// with (p2p.WithRegistryAccess tells the node which layers are private).
+func WithRegistryAccess(ra p2p.RegistryAccess) Option { return func(c *Client) { c.access = ra } }
 
 // WithSeedHandler calls fn (in a goroutine) for every layer a scheduler asks this seed host
 // to seed.
@@ -225,7 +235,7 @@ func (c *Client) withTask(ctx context.Context, reg *taskReg, fn func(ctx context
 				errs = append(errs, err)
 			}
 		}
-		for _, addr := range c.ring.Order(string(reg.task)) {
+		for _, addr := range c.ring.Order(reg.schedID) {
 			err := c.tryTask(ctx, addr, reg, fn)
 			if err == nil {
 				c.ring.Succeeded(addr)
@@ -314,7 +324,7 @@ func (c *Client) registerAt(ctx context.Context, addr string, cli schedulerv1.Sc
 func (c *Client) register(ctx context.Context, cli schedulerv1.SchedulerClient, reg *taskReg) (*schedulerv1.RegisterPeerResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	req := &schedulerv1.RegisterPeerRequest{HostId: c.host.ID, TaskId: string(reg.task), BlockSize: uint32(reg.blockSize)}
+	req := &schedulerv1.RegisterPeerRequest{HostId: c.host.ID, TaskId: reg.schedID, BlockSize: uint32(reg.blockSize)}
 	if reg.size > 0 {
 		req.TaskSize = uint64(reg.size)
 		req.BlockCount = uint32(layer.BlockCount(reg.size, reg.blockSize))
@@ -322,7 +332,30 @@ func (c *Client) register(ctx context.Context, cli schedulerv1.SchedulerClient, 
 	if reg.src.Host != "" && (reg.src.DiffID != "" || reg.src.RandomAccess) { // a task known by its id alone has no source
 		req.Source = TaskSource(reg.src)
 	}
+	if reg.private {
+		proof, err := c.proof(ctx, reg.src)
+		if err != nil {
+			return nil, err
+		}
+		req.Access = &schedulerv1.RegistryAccess{Authorization: proof}
+	}
 	return cli.RegisterPeer(ctx, req)
+}
+
+// proof returns this node's proof that it may read src's repository, fresh enough to
+// register with.
+func (c *Client) proof(ctx context.Context, src seed.Source) (string, error) {
+	if c.access == nil {
+		return "", fmt.Errorf("layer %s is a private repository's, and this client has no registry access to prove it may read it", src.Task())
+	}
+	a, err := c.access.Access(ctx, src.Host, src.Repository, src.Blob.Digest)
+	if err != nil {
+		return "", fmt.Errorf("prove access to %s/%s: %w", src.Host, src.Repository, err)
+	}
+	if a.Authorization == "" {
+		return "", fmt.Errorf("prove access to %s/%s: the registry gave no token", src.Host, src.Repository)
+	}
+	return a.Authorization, nil
 }
 
 func parents(cs []*schedulerv1.CandidateParent) []fetch.Parent {
@@ -335,13 +368,17 @@ func parents(cs []*schedulerv1.CandidateParent) []fetch.Parent {
 	return out
 }
 
-func (c *Client) taskReg(src seed.Source, blockSize int64) *taskReg {
+func (c *Client) taskReg(src seed.Source, blockSize int64, private bool) *taskReg {
 	task := src.Task()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	reg, ok := c.tasks[task]
 	if !ok {
-		reg = &taskReg{task: task, src: src, blockSize: blockSize, kick: make(chan struct{}, 1)}
+		// A node takes part in one task per layer: the first it registers, private or not.
+		reg = &taskReg{task: task, schedID: string(task), private: private, src: src, blockSize: blockSize, kick: make(chan struct{}, 1)}
+		if private {
+			reg.schedID = schedulerv1.PrivateTaskID(TaskSource(src))
+		}
 		if src.RandomAccess {
 			reg.size = src.Blob.Size // a blob's size is in its descriptor
 		}
@@ -353,8 +390,8 @@ func (c *Client) taskReg(src seed.Source, blockSize int64) *taskReg {
 }
 
 // Register implements p2p.Scheduler.
-func (c *Client) Register(ctx context.Context, src seed.Source, blockSize int64) (p2p.Registration, error) {
-	reg := c.taskReg(src, blockSize)
+func (c *Client) Register(ctx context.Context, src seed.Source, blockSize int64, private bool) (p2p.Registration, error) {
+	reg := c.taskReg(src, blockSize, private)
 	var out p2p.Registration
 	err := c.withTask(ctx, reg, func(ctx context.Context, cli schedulerv1.SchedulerClient, _ string) error {
 		// withTask registered reg here if it was not; a registration held elsewhere before is
@@ -389,7 +426,7 @@ func (c *Client) Parents(ctx context.Context, task layer.TaskID, exclude []strin
 	err := c.withTask(ctx, reg, func(ctx context.Context, cli schedulerv1.SchedulerClient, peerID string) error {
 		ctx, cancel := context.WithTimeout(ctx, callTimeout)
 		defer cancel()
-		resp, err := cli.GetCandidateParents(ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: peerID, TaskId: string(task), ExcludedPeerIds: exclude})
+		resp, err := cli.GetCandidateParents(ctx, &schedulerv1.GetCandidateParentsRequest{PeerId: peerID, TaskId: reg.schedID, ExcludedPeerIds: exclude})
 		if err != nil {
 			return err
 		}
@@ -425,6 +462,12 @@ func (c *Client) BlockFailed(task layer.TaskID, index int, parentID string, reas
 		fetch.ReasonBusy:           schedulerv1.FailureReason_FAILURE_REASON_BUSY,
 		fetch.ReasonNotFound:       schedulerv1.FailureReason_FAILURE_REASON_NOT_FOUND,
 	}[reason]
+	if reason == fetch.ReasonForbidden {
+		// The parent does not know this node may read the private task (any more): prove
+		// it to the scheduler again. The parent is not at fault.
+		c.proveAgain(task)
+		return
+	}
 	c.queue(task, func(*taskReg) *schedulerv1.ProgressReport {
 		return &schedulerv1.ProgressReport{Report: &schedulerv1.ProgressReport_BlockFailure{BlockFailure: &schedulerv1.BlockFailure{
 			Index: uint32(index), ParentPeerId: parentID, Reason: r, Message: err.Error()}}}
@@ -528,7 +571,7 @@ func (c *Client) progressLoop(reg *taskReg) {
 			go c.receive(reg, stream, sched)
 		}
 		for _, r := range merge(batch) {
-			r.PeerId, r.TaskId = peerID, string(reg.task)
+			r.PeerId, r.TaskId = peerID, reg.schedID
 			if err := stream.Send(r); err != nil {
 				log.G(c.ctx).WithError(err).WithFields(log.Fields{"scheduler": sched, "task": reg.task}).Debug("progress stream broke")
 				c.lost(reg, sched)
@@ -655,4 +698,68 @@ func (c *Client) keepaliveLoop() {
 			}
 		}
 	}
+}
+
+// proveAgainInterval bounds how often a refused private task proves access again.
+const proveAgainInterval = time.Second
+
+// proveAgain registers private task again, in the background, with a fresh proof of access:
+// a parent refused it because the scheduler's grant, bound to the token's life, ended.
+func (c *Client) proveAgain(task layer.TaskID) {
+	c.mu.Lock()
+	reg := c.tasks[task]
+	if reg == nil || !reg.private || time.Since(reg.proved) < proveAgainInterval {
+		c.mu.Unlock()
+		return
+	}
+	reg.proved = time.Now()
+	c.mu.Unlock()
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		ctx, cancel := context.WithTimeout(c.ctx, callTimeout)
+		defer cancel()
+		err := c.withTask(ctx, reg, func(ctx context.Context, cli schedulerv1.SchedulerClient, _ string) error {
+			_, err := c.register(ctx, cli, reg)
+			return err
+		})
+		if err != nil {
+			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot prove access to a private task again")
+		}
+	}()
+}
+
+// CheckAccess implements p2p.AccessChecker: it asks the schedulers of the private task, in
+// ring order, whether the host whose certificate names identity may read it, until one
+// says yes.
+func (c *Client) CheckAccess(ctx context.Context, task layer.TaskID, identity string) (bool, time.Duration, error) {
+	c.mu.Lock()
+	reg := c.tasks[task]
+	c.mu.Unlock()
+	if reg == nil || !reg.private {
+		return false, 0, fmt.Errorf("task %s: not a private task this node registered", task)
+	}
+	var errs []error
+	for _, addr := range c.ring.Order(reg.schedID) {
+		cli, err := c.client(addr)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		resp, err := cli.CheckAccess(cctx, &schedulerv1.CheckAccessRequest{TaskId: reg.schedID, Identity: identity})
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("scheduler %s: %w", addr, err))
+			continue
+		}
+		if resp.GetAllowed() {
+			return true, time.Duration(resp.GetValidForMs()) * time.Millisecond, nil
+		}
+		errs = nil // a scheduler answered: no
+	}
+	if len(errs) > 0 {
+		return false, 0, fmt.Errorf("ask the schedulers whether %s may read task %s: %w", identity, task, errors.Join(errs...))
+	}
+	return false, 0, nil
 }

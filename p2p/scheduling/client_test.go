@@ -92,7 +92,7 @@ func TestRegisterSeedAndParents(t *testing.T) {
 	time.Sleep(100 * time.Millisecond) // the seed's watch is open
 	peer := newClient(t, "peer", []string{sp.addr}, false, nil)
 	src := source(0)
-	reg, err := peer.Register(t.Context(), src, 1<<20)
+	reg, err := peer.Register(t.Context(), src, 1<<20, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestFailoverToTheNextScheduler(t *testing.T) {
 	if c.ring.Order(string(layer.TaskIDFromDigest(src.DiffID)))[0] == b.addr {
 		owner, other = b, a
 	}
-	if _, err := c.Register(t.Context(), src, 1<<20); err != nil {
+	if _, err := c.Register(t.Context(), src, 1<<20, false); err != nil {
 		t.Fatal(err)
 	}
 	task := string(layer.TaskIDFromDigest(src.DiffID))
@@ -131,7 +131,7 @@ func TestFailoverToTheNextScheduler(t *testing.T) {
 	}
 	owner.kill()
 	start := time.Now()
-	reg, err := c.Register(t.Context(), src, 1<<20)
+	reg, err := c.Register(t.Context(), src, 1<<20, false)
 	if err != nil {
 		t.Fatalf("register after the owner died: %v", err)
 	}
@@ -234,7 +234,7 @@ func TestSchedulerOverMutualTLS(t *testing.T) {
 			defer c.Close()
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			defer cancel()
-			_, err = c.Register(ctx, source(2), 1<<20)
+			_, err = c.Register(ctx, source(2), 1<<20, false)
 			if tc.ok && err != nil {
 				t.Fatalf("refused: %v", err)
 			}
@@ -298,7 +298,7 @@ func TestCertificatesFromTheScheduler(t *testing.T) {
 		defer c.Close()
 		rctx, rcancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer rcancel()
-		_, err = c.Register(rctx, source(3), 1<<20)
+		_, err = c.Register(rctx, source(3), 1<<20, false)
 		return err
 	}
 	if err := register(id.ClientConfig()); err != nil {

@@ -68,7 +68,7 @@ func (c *Client) watch(addr string) error {
 			log.G(c.ctx).WithField("task", st.GetTaskId()).Warn("seed task whose source names another layer; ignored")
 			continue
 		}
-		reg := c.taskReg(src, int64(st.GetBlockSize()))
+		reg := c.taskReg(src, int64(st.GetBlockSize()), false) // a seed task is never a private one
 		c.mu.Lock()
 		reg.sched, reg.peerID = addr, st.GetPeerId()
 		c.mu.Unlock()

@@ -52,6 +52,9 @@ const (
 	StatusBadRequest
 	// StatusError: the server failed; the payload says why.
 	StatusError
+	// StatusForbidden: the task is a private repository's layer, and the requester did not
+	// prove it may read that repository (or presented no certificate).
+	StatusForbidden
 )
 
 func (s Status) String() string {
@@ -66,6 +69,8 @@ func (s Status) String() string {
 		return "bad request"
 	case StatusError:
 		return "error"
+	case StatusForbidden:
+		return "forbidden"
 	}
 	return fmt.Sprintf("status %d", uint8(s))
 }
@@ -190,7 +195,7 @@ func ReadResponseHeader(r io.Reader) (ResponseHeader, error) {
 		},
 		Length: int(binary.BigEndian.Uint32(b[13:])),
 	}
-	if h.Status > StatusError {
+	if h.Status > StatusForbidden {
 		return ResponseHeader{}, fmt.Errorf("read response: unknown status %d: %w", b[0], ErrMalformed)
 	}
 	if h.Length > MaxPayload {

@@ -1,0 +1,154 @@
+package p2p
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/containerd/log"
+	"github.com/opencontainers/go-digest"
+
+	"github.com/p2pimage/p2p-snapshotter/layer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
+	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
+	"github.com/p2pimage/p2p-snapshotter/registry"
+)
+
+// RegistryAccess says whether a blob's repository needs credentials, and proves this node
+// may read it. registry.Client does.
+type RegistryAccess interface {
+	Access(ctx context.Context, host, repository string, blob digest.Digest) (registry.Access, error)
+}
+
+// AccessChecker asks the schedulers whether the peer whose certificate names identity may
+// read private task: whether it proved to them that it may read the task's repository. It
+// returns how long the answer holds. A Scheduler that is one (scheduling.Client) is asked.
+type AccessChecker interface {
+	CheckAccess(ctx context.Context, task layer.TaskID, identity string) (allowed bool, valid time.Duration, err error)
+}
+
+// WithRegistryAccess has the node learn, for each layer, whether its repository is private.
+// Blocks of a private repository's layer are served only to peers that proved to the
+// scheduler that they may read that repository (see Admit); a node without a certificate
+// to name itself to peers (WithPeerTLS), or whose registry takes no tokens, reads such a
+// layer from the registry itself and shares it with no one. Without it every layer is
+// taken as public.
+func WithRegistryAccess(ra RegistryAccess) NodeOption { return func(nd *Node) { nd.access = ra } }
+
+// Bounds of Admit: how long it waits for a scheduler's answer, and how long it keeps a no.
+const (
+	admitTimeout = 5 * time.Second
+	refusalKept  = time.Second
+)
+
+type admission struct {
+	identity string
+	task     layer.TaskID
+}
+
+// shared reports whether this node takes part in the task of src through the scheduler. It
+// does unless there is none, or the layer is a private repository's and this node cannot
+// prove to peers who it is (no certificate) or to the scheduler that it may read it (the
+// registry takes basic credentials, no token); it then reads the layer from the registry
+// and serves it to no one. It returns whether the layer is private, which it notes: the
+// block service serves a private task only to the peers the scheduler admits (Admit).
+func (n *Node) shared(ctx context.Context, src seed.Source) (shared, private bool) {
+	task := src.Task()
+	if n.access != nil && src.Host != "" {
+		a, err := n.access.Access(ctx, src.Host, src.Repository, src.Blob.Digest)
+		switch {
+		case err != nil:
+			// Unknown: the layer is taken from peers as a public one, and served to no one.
+			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell whether a layer's repository is private; not serving it to peers")
+			n.notePrivate(task, servedToNone)
+		case a.Private && (!n.peerTLS || a.Authorization == "" || n.sched == nil):
+			n.notePrivate(task, servedToNone)
+			log.G(ctx).WithFields(log.Fields{"task": task, "repository": src.Host + "/" + src.Repository, "certificate": n.peerTLS, "token": a.Authorization != ""}).
+				Debug("a private repository's layer, and no certificate, token or scheduler to share it with: reading it from the registry")
+			return false, true
+		case a.Private:
+			n.notePrivate(task, servedToAdmitted)
+			return true, true
+		}
+	}
+	return n.sched != nil, false
+}
+
+// privacy is how a node serves a private repository's layer.
+type privacy int
+
+const (
+	servedToAdmitted privacy = iota + 1 // to the peers the scheduler admits
+	servedToNone                        // to no peer: this node does not share it
+)
+
+func (n *Node) notePrivate(task layer.TaskID, p privacy) {
+	n.mu.Lock()
+	if n.private[task] != servedToNone { // once served to none, always
+		n.private[task] = p
+	}
+	n.mu.Unlock()
+}
+
+// Admit implements peer.Gate for the node's block service: any peer may read a public
+// layer's blocks; a private one's go only to a peer whose certificate names a host the
+// scheduler says proved, with a token still good, that it may read the layer's repository.
+// Answers are kept for as long as the scheduler says, a refusal for a second.
+func (n *Node) Admit(ctx context.Context, identity string, task layer.TaskID) error {
+	n.mu.Lock()
+	served := n.private[task]
+	n.mu.Unlock()
+	switch served {
+	case 0:
+		return nil
+	case servedToNone:
+		return fmt.Errorf("task %s is a private repository's, which this node shares with no one: %w", task, peer.ErrForbidden)
+	}
+	if identity == "" {
+		return fmt.Errorf("task %s is a private repository's: present a certificate: %w", task, peer.ErrForbidden)
+	}
+	checker, ok := n.sched.(AccessChecker)
+	if !ok {
+		return fmt.Errorf("task %s is a private repository's, and no scheduler can say who may read it: %w", task, peer.ErrForbidden)
+	}
+	key := admission{identity, task}
+	now := time.Now()
+	n.mu.Lock()
+	kept, known := n.admitted[key]
+	n.mu.Unlock()
+	if known && now.Before(kept.until) {
+		return kept.err
+	}
+	// One question to the scheduler for the many requests a new child sends at once.
+	v, _, _ := n.admitting.Do(identity+"\x00"+string(task), func() (any, error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), admitTimeout)
+		defer cancel()
+		allowed, valid, err := checker.CheckAccess(cctx, task, identity)
+		a := admitAnswer{until: time.Now().Add(refusalKept)}
+		switch {
+		case err != nil:
+			a.err = fmt.Errorf("task %s is a private repository's, and the scheduler cannot say whether %s may read it: %v: %w", task, identity, err, peer.ErrForbidden)
+		case !allowed:
+			a.err = fmt.Errorf("task %s is a private repository's, and %s did not prove it may read it: %w", task, identity, peer.ErrForbidden)
+		default:
+			a.until = time.Now().Add(valid)
+		}
+		n.mu.Lock()
+		for k, old := range n.admitted { // forget what has expired
+			if !now.Before(old.until) {
+				delete(n.admitted, k)
+			}
+		}
+		n.admitted[key] = a
+		n.mu.Unlock()
+		return a, nil
+	})
+	return v.(admitAnswer).err
+}
+
+type admitAnswer struct {
+	until time.Time
+	err   error // nil: admitted
+}
+
+var _ peer.Gate = (*Node)(nil)
