@@ -49,7 +49,7 @@ type staticScheduler struct {
 	// registered counts Register calls, private those of private layers.
 	registered, private atomic.Int64
 	mu                  sync.Mutex
-	parents   []fetch.Parent
+	parents             []fetch.Parent
 }
 
 func (s *staticScheduler) Register(_ context.Context, _ seed.Source, _ int64, private bool) (p2p.Registration, error) {
