@@ -52,10 +52,21 @@ type Options struct {
 	// SchedulerConfig, if set, is a p2p-scheduler TOML file every scheduler reads (--config);
 	// the options above still win.
 	SchedulerConfig string
+	// Private, if set, guards the registry's repositories whose names start with its
+	// Prefix with its Auth (enable it after pushing); DockerConfig gives each daemon, by
+	// name, the docker config directory it reads credentials from ("" for none).
+	Private *Private
 	// Dir holds the daemons' roots and logs.
 	Dir string
 	// Race builds the binaries with the race detector.
 	Race bool
+}
+
+// Private makes some of the registry's repositories private.
+type Private struct {
+	Auth         *containerdenv.TokenAuth
+	Prefix       string
+	DockerConfig func(host, registry string) string
 }
 
 // Issuing is a CA the schedulers hold, and the token the daemons present.
@@ -126,7 +137,7 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 	if err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
-	if c.Registry, err = startRegistry(ctx, regHost); err != nil {
+	if c.Registry, err = startRegistry(ctx, regHost, o.Private); err != nil {
 		return nil, fmt.Errorf("cluster: %w", err)
 	}
 
@@ -155,7 +166,9 @@ func Start(ctx context.Context, o Options) (_ *Cluster, retErr error) {
 				tlsTable = fmt.Sprintf("ca = %q\ncert = %q\nkey = %q\n", f.CA, f.Cert, f.Key)
 			}
 			path := filepath.Join(o.Dir, h.Name+".toml")
-			if err := os.WriteFile(path, []byte("version = 1\n[tls]\n"+tlsTable), 0o600); err != nil {
+			// The registry table lets it check proofs of access to private repositories.
+			conf := fmt.Sprintf("version = 1\n[tls]\n%s[registry]\ninsecure = [%q]\n", tlsTable, c.Registry.Addr)
+			if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 				return nil, err
 			}
 			argv = append(argv, "--config", path)
@@ -244,8 +257,15 @@ address = %q
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err
 	}
-	d := &Daemon{Name: name, Root: root, Control: fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock")),
-		argv: []string{filepath.Join(c.bin, "p2p-snapshotter"), "--config", cfgPath}}
+	argv := []string{filepath.Join(c.bin, "p2p-snapshotter"), "--config", cfgPath}
+	if o.Private != nil && o.Private.DockerConfig != nil {
+		dockerConfig := o.Private.DockerConfig(name, c.Registry.Addr)
+		if dockerConfig == "" {
+			dockerConfig = filepath.Join(root, "no-docker-config") // no credentials at all
+		}
+		argv = append([]string{"env", "DOCKER_CONFIG=" + dockerConfig}, argv...)
+	}
+	d := &Daemon{Name: name, Root: root, Control: fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock")), argv: argv}
 	d.Host, d.Addr, d.Log, d.Metrics = h, addr, filepath.Join(o.Dir, name+".log"), metrics
 	if err := d.Start(ctx); err != nil {
 		return nil, err
@@ -363,7 +383,7 @@ func (r *Registry) blobCounter(path string) *atomic.Int64 {
 	return n
 }
 
-func startRegistry(ctx context.Context, h *netlab.Host) (*Registry, error) {
+func startRegistry(ctx context.Context, h *netlab.Host, private *Private) (*Registry, error) {
 	inner, err := containerdenv.StartRegistry(os.Stderr)
 	if err != nil {
 		return nil, err
@@ -375,12 +395,18 @@ func startRegistry(ctx context.Context, h *netlab.Host) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{Registry: inner, Addr: addr, byBlob: make(map[string]*atomic.Int64)}
-	r.srv = &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	var handler http.Handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
 			w = &countingWriter{ResponseWriter: w, n: &r.BlobBytes, blob: r.blobCounter(req.URL.Path)}
 		}
 		inner.Handler().ServeHTTP(w, req)
-	}), ReadHeaderTimeout: 30 * time.Second}
+	})
+	if private != nil {
+		handler = private.Auth.Guard(handler, "http://"+addr+"/token", func(req *http.Request) bool {
+			return strings.HasPrefix(req.URL.Path, "/v2/"+private.Prefix)
+		})
+	}
+	r.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 30 * time.Second}
 	go r.srv.Serve(ln)
 	return r, nil
 }

@@ -66,22 +66,12 @@ func StartTokenAuthRegistry(logw io.Writer, user, password string) (*Registry, *
 	if err != nil {
 		return nil, nil, fmt.Errorf("registry listen: %w", err)
 	}
-	a := &TokenAuth{User: user, Password: password, tokens: map[string]bool{}}
+	a := NewTokenAuth(user, password)
 	host := ln.Addr().String()
 	inner := ggcrregistry.New(ggcrregistry.Logger(log.New(logw, "registry: ", log.LstdFlags|log.Lmicroseconds)))
-	mux := http.NewServeMux()
-	mux.HandleFunc("/token", a.serveToken)
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		if a.enabled.Load() && !a.valid(r) {
-			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="http://%s/token",service="test-registry"`, host))
-			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
-			return
-		}
-		inner.ServeHTTP(w, r)
-	})
 	r := &Registry{
 		Host: host,
-		srv:  &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second},
+		srv:  &http.Server{Handler: a.Guard(inner, "http://"+host+"/token", func(*http.Request) bool { return true }), ReadHeaderTimeout: 30 * time.Second},
 		done: make(chan struct{}),
 	}
 	go func() {
@@ -89,6 +79,28 @@ func StartTokenAuthRegistry(logw io.Writer, user, password string) (*Registry, *
 		_ = r.srv.Serve(ln)
 	}()
 	return r, a, nil
+}
+
+// NewTokenAuth returns a guard, disabled, issuing tokens to user:password.
+func NewTokenAuth(user, password string) *TokenAuth {
+	return &TokenAuth{User: user, Password: password, tokens: map[string]bool{}}
+}
+
+// Guard returns next behind a: once enabled, a request that guarded picks needs a valid
+// bearer token, which the token service at realm issues; Guard serves that service at
+// /token itself.
+func (a *TokenAuth) Guard(next http.Handler, realm string, guarded func(*http.Request) bool) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/token", a.serveToken)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if a.enabled.Load() && guarded(r) && !a.valid(r) {
+			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm=%q,service="test-registry"`, realm))
+			http.Error(w, `{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}`, http.StatusUnauthorized)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+	return mux
 }
 
 func (a *TokenAuth) valid(r *http.Request) bool {
