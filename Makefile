@@ -6,7 +6,7 @@ LDFLAGS   := -X main.version=$(VERSION)
 BINARIES  := p2p-snapshotter p2p-scheduler p2pctl
 # Short fuzz runs in `make test`; longer ones with `make fuzz FUZZTIME=10m`.
 FUZZTIME  ?= 10s
-FUZZ_TARGETS := ./layer:FuzzUnmarshal ./layer/ingest:FuzzBuild ./p2p/wire:FuzzReadRequest ./p2p/wire:FuzzParseTablePart ./p2p/wire:FuzzReadResponseHeader
+FUZZ_TARGETS := ./layer:FuzzUnmarshal ./layer/ingest:FuzzBuild ./p2p/wire:FuzzReadRequest ./p2p/wire:FuzzParseTablePart ./p2p/wire:FuzzReadResponseHeader ./registry:FuzzTokenExpiry
 
 # Generated gRPC code under proto/, committed. `make proto` regenerates it with pinned
 # generators, installed by `go install` into bin/tools/<name>-<version>/ so a new pin takes

@@ -128,3 +128,17 @@ func TestTokenExpiry(t *testing.T) {
 		}
 	}
 }
+
+// FuzzTokenExpiry: any Authorization value gives an expiry, never a panic.
+func FuzzTokenExpiry(f *testing.F) {
+	f.Add("Bearer eyJhbGciOiJub25lIn0.eyJleHAiOjE4MDAwMDAzMDB9.sig")
+	f.Add("Bearer 0123456789abcdef")
+	f.Add("Basic YWxpY2U6c2VjcmV0")
+	f.Add("Bearer a..")
+	now := time.Unix(1_800_000_000, 0)
+	f.Fuzz(func(t *testing.T, auth string) {
+		if got := TokenExpiry(auth, now); got.IsZero() {
+			t.Errorf("TokenExpiry(%q) is zero", auth)
+		}
+	})
+}

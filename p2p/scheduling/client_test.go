@@ -38,6 +38,12 @@ type schedulerProc struct {
 
 func startScheduler(t *testing.T, addr string, opts ...grpc.ServerOption) *schedulerProc {
 	t.Helper()
+	return startSchedulerWith(t, addr, nil, opts...)
+}
+
+// startSchedulerWith is startScheduler with options of the scheduler's core.
+func startSchedulerWith(t *testing.T, addr string, core []scheduler.Option, opts ...grpc.ServerOption) *schedulerProc {
+	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
@@ -45,13 +51,13 @@ func startScheduler(t *testing.T, addr string, opts ...grpc.ServerOption) *sched
 	if err != nil {
 		t.Fatal(err)
 	}
-	core, err := scheduler.New()
+	c, err := scheduler.New(core...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	sp := &schedulerProc{addr: ln.Addr().String(), core: core, stop: cancel, done: make(chan error, 1)}
-	go func() { sp.done <- server.Serve(ctx, ln, core, 0, opts...) }()
+	sp := &schedulerProc{addr: ln.Addr().String(), core: c, stop: cancel, done: make(chan error, 1)}
+	go func() { sp.done <- server.Serve(ctx, ln, c, 0, opts...) }()
 	t.Cleanup(sp.kill)
 	return sp
 }
