@@ -69,17 +69,20 @@ func (n *Node) shared(ctx context.Context, src seed.Source) (shared, private boo
 		case a.Private:
 			n.notePrivate(task, servedToAdmitted)
 			return true, true
+		default:
+			n.notePrivate(task, servedToAll)
 		}
 	}
 	return n.sched != nil, false
 }
 
-// privacy is how a node serves a private repository's layer.
+// privacy is how a node serves a layer, as its repository's privacy says.
 type privacy int
 
 const (
-	servedToAdmitted privacy = iota + 1 // to the peers the scheduler admits
-	servedToNone                        // to no peer: this node does not share it
+	servedToAll      privacy = iota + 1 // a public repository's: to every peer
+	servedToAdmitted                    // a private one's: to the peers the scheduler admits
+	servedToNone                        // a private one's: to no peer (this node does not share it)
 )
 
 func (n *Node) notePrivate(task layer.TaskID, p privacy) {
@@ -93,13 +96,21 @@ func (n *Node) notePrivate(task layer.TaskID, p privacy) {
 // Admit implements peer.Gate for the node's block service: any peer may read a public
 // layer's blocks; a private one's go only to a peer whose certificate names a host the
 // scheduler says proved, with a token still good, that it may read the layer's repository.
-// Answers are kept for as long as the scheduler says, a refusal for a second.
+// With WithRegistryAccess, a layer whose repository the node has not asked about yet (one
+// restored after a restart, until it is used again) goes to no one. Answers are kept for as
+// long as the scheduler says, a refusal for a second.
 func (n *Node) Admit(ctx context.Context, identity string, task layer.TaskID) error {
 	n.mu.Lock()
 	served := n.private[task]
 	n.mu.Unlock()
 	switch served {
 	case 0:
+		if n.access == nil {
+			return nil // every layer is taken as public
+		}
+		// Not classified: held since before a restart, say, or known by its id alone.
+		return fmt.Errorf("task %s: this node does not know whether its repository is private: %w", task, peer.ErrForbidden)
+	case servedToAll:
 		return nil
 	case servedToNone:
 		return fmt.Errorf("task %s is a private repository's, which this node shares with no one: %w", task, peer.ErrForbidden)
