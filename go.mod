@@ -30,6 +30,7 @@ require (
 	google.golang.org/grpc v1.78.0
 	google.golang.org/protobuf v1.36.12
 	k8s.io/api v0.34.1
+	k8s.io/cri-api v0.34.1
 	sigs.k8s.io/yaml v1.6.0
 )
 

@@ -10,6 +10,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/containerd/platforms"
 	"github.com/spf13/cobra"
 
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
@@ -118,7 +119,9 @@ version = 3
     enable_remote_snapshot_annotations = "true"
 
 [plugins."io.containerd.cri.v1.images"]
-  # For Kubernetes: pods use the p2p snapshotter, with the layers' labels.
+  # For Kubernetes: pods use the p2p snapshotter, with the layers' labels. On containerd
+  # >= 2.1 this setting also has CRI pull by itself rather than through the transfer
+  # service; remove it to pull through the transfer service, configured below.
   snapshotter = "p2p"
   disable_snapshot_annotations = false
   [plugins."io.containerd.cri.v1.images".registry]
@@ -126,7 +129,14 @@ version = 3
 
 [plugins."io.containerd.transfer.v1.local"]
   config_path = %q
-`, cfg.Address, certsDir, certsDir)
+  # The snapshotters the transfer service may unpack into (p2p for CRI, overlayfs for others).
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = %q
+    snapshotter = "p2p"
+  [[plugins."io.containerd.transfer.v1.local".unpack_config]]
+    platform = %q
+    snapshotter = "overlayfs"
+`, cfg.Address, certsDir, certsDir, platforms.DefaultString(), platforms.DefaultString())
 }
 
 // hostsTOML is the hosts.toml that puts the daemon's mirror at mirror before registry.

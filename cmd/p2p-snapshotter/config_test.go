@@ -58,7 +58,19 @@ func TestConfigContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	var fragment struct {
-		ProxyPlugins map[string]struct{ Type, Address string } `toml:"proxy_plugins"`
+		ProxyPlugins map[string]struct {
+			Type, Address string
+			Exports       map[string]string
+		} `toml:"proxy_plugins"`
+		Plugins struct {
+			Images struct {
+				Snapshotter                string `toml:"snapshotter"`
+				DisableSnapshotAnnotations bool   `toml:"disable_snapshot_annotations"`
+			} `toml:"io.containerd.cri.v1.images"`
+			Transfer struct {
+				UnpackConfig []struct{ Platform, Snapshotter string } `toml:"unpack_config"`
+			} `toml:"io.containerd.transfer.v1.local"`
+		} `toml:"plugins"`
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "conf.d", "p2p-snapshotter.toml"))
 	if err != nil {
@@ -69,6 +81,16 @@ func TestConfigContainerd(t *testing.T) {
 	}
 	if p := fragment.ProxyPlugins["p2p"]; p.Type != "snapshot" || p.Address != "/run/p2p/p2p.sock" {
 		t.Errorf("proxy_plugins.p2p = %+v; want a snapshot plugin at the daemon's socket", p)
+	}
+	// What CRI needs, either way it pulls (integration/e2e TestCRIPodFromLabels runs both).
+	if fragment.ProxyPlugins["p2p"].Exports["enable_remote_snapshot_annotations"] != "true" {
+		t.Error("the transfer service is not told to pass the layers' labels (enable_remote_snapshot_annotations)")
+	}
+	if im := fragment.Plugins.Images; im.Snapshotter != "p2p" || im.DisableSnapshotAnnotations {
+		t.Errorf("CRI images: %+v; want the p2p snapshotter with the layers' labels", im)
+	}
+	if u := fragment.Plugins.Transfer.UnpackConfig; len(u) == 0 || u[0].Snapshotter != "p2p" || u[0].Platform == "" {
+		t.Errorf("transfer service unpack_config %+v; want the p2p snapshotter for this platform", u)
 	}
 	for reg, server := range map[string]string{"docker.io": "https://registry-1.docker.io", "registry.example.com:5000": "https://registry.example.com:5000"} {
 		var hosts struct {

@@ -39,7 +39,8 @@ type Options struct {
 	SnapshotterConfig string
 	// SnapshotterArgs are added to the daemon's command line.
 	SnapshotterArgs []string
-	// ContainerdConfig is TOML appended to the generated containerd config (version 3).
+	// ContainerdConfig is TOML appended to the generated containerd config (version 3), in
+	// which {{.HostsDir}} stands for HostsDir.
 	ContainerdConfig string
 	// LogLevel of containerd and the daemon (default "debug").
 	LogLevel string
@@ -48,6 +49,9 @@ type Options struct {
 	// Env is added to the environment of the daemon, containerd, nerdctl and ctr (e.g.
 	// DOCKER_CONFIG for registry credentials).
 	Env []string
+	// CRI keeps containerd's CRI plugins, which serve the Kubernetes CRI on its socket
+	// (configure them in ContainerdConfig); they are disabled otherwise.
+	CRI bool
 }
 
 // Env is one containerd with our daemon as its proxy snapshotter, both separate processes
@@ -287,18 +291,21 @@ func (e *Env) startSnapshotter(ctx context.Context) error {
 
 func (e *Env) writeContainerdConfig() error {
 	q := func(s string) string { return fmt.Sprintf("%q", s) }
+	// CRI is not needed without Kubernetes (the pod sandbox controller needs CRI), and NRI
+	// would create /var/run/nri.
+	disabled := []string{"io.containerd.nri.v1.nri"}
+	if !e.opts.CRI {
+		disabled = append(disabled, "io.containerd.cri.v1.runtime", "io.containerd.cri.v1.images", "io.containerd.grpc.v1.cri",
+			"io.containerd.podsandbox.controller.v1.podsandbox")
+	}
+	quoted := make([]string, len(disabled))
+	for i, p := range disabled {
+		quoted[i] = q(p)
+	}
 	cfg := `version = 3
 root = ` + q(filepath.Join(e.ContainerdRoot, "root")) + `
 state = ` + q(filepath.Join(e.ContainerdRoot, "state")) + `
-# Not needed without Kubernetes (the pod sandbox controller needs CRI), and NRI would
-# create /var/run/nri.
-disabled_plugins = [
-  "io.containerd.cri.v1.runtime",
-  "io.containerd.cri.v1.images",
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.nri.v1.nri",
-  "io.containerd.podsandbox.controller.v1.podsandbox",
-]
+disabled_plugins = [` + strings.Join(quoted, ", ") + `]
 
 [grpc]
   address = ` + q(e.ContainerdAddress) + `
@@ -319,7 +326,7 @@ disabled_plugins = [
     enable_remote_snapshot_annotations = "true"
 `
 	if e.opts.ContainerdConfig != "" {
-		cfg += "\n" + e.opts.ContainerdConfig + "\n"
+		cfg += "\n" + strings.ReplaceAll(e.opts.ContainerdConfig, "{{.HostsDir}}", e.HostsDir) + "\n"
 	}
 	return os.WriteFile(e.ContainerdConfig, []byte(cfg), 0o644)
 }

@@ -171,7 +171,12 @@ type ImageLayer struct {
 // way) for linux/amd64 with Cmd ["/bin/sh"] and Env PATH=/bin, as an OCI image, and pushes
 // it as repoTag ("REPO:TAG") to the registry.
 func (r *Registry) Push(ctx context.Context, repoTag string, layers ...[]layertest.File) (*Image, error) {
-	return r.push(ctx, repoTag, gzip.BestSpeed, layers)
+	return r.push(ctx, repoTag, gzip.BestSpeed, []string{"/bin/sh"}, layers)
+}
+
+// PushCommand is Push of an image whose Cmd is cmd.
+func (r *Registry) PushCommand(ctx context.Context, repoTag string, cmd []string, layers ...[]layertest.File) (*Image, error) {
+	return r.push(ctx, repoTag, gzip.BestSpeed, cmd, layers)
 }
 
 // PushStored is Push with every layer gzip-compressed at level 0 ("stored": gzip framing,
@@ -179,10 +184,10 @@ func (r *Registry) Push(ctx context.Context, repoTag string, layers ...[]layerte
 // under the race detector, where Push compresses at a few MB/s, in a tenth of it. The
 // daemon and containerd still take the layers' gzip path.
 func (r *Registry) PushStored(ctx context.Context, repoTag string, layers ...[]layertest.File) (*Image, error) {
-	return r.push(ctx, repoTag, gzip.NoCompression, layers)
+	return r.push(ctx, repoTag, gzip.NoCompression, []string{"/bin/sh"}, layers)
 }
 
-func (r *Registry) push(ctx context.Context, repoTag string, gzipLevel int, layers [][]layertest.File) (*Image, error) {
+func (r *Registry) push(ctx context.Context, repoTag string, gzipLevel int, cmd []string, layers [][]layertest.File) (*Image, error) {
 	ref, err := name.ParseReference(r.Host+"/"+repoTag, name.Insecure)
 	if err != nil {
 		return nil, err
@@ -215,7 +220,7 @@ func (r *Registry) push(ctx context.Context, repoTag string, gzipLevel int, laye
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Cmd = []string{"/bin/sh"}
+	cf.Config.Cmd = cmd
 	cf.Config.Env = []string{"PATH=/bin"}
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		return nil, err
