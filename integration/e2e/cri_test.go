@@ -52,6 +52,11 @@ func criConfig(sandbox string, transfer bool) string {
     snapshotter = "overlayfs"
 `
 	}
+	// Processes here may not lower their OOM score, which CRI does for the pod sandbox.
+	cfg += `
+[plugins."io.containerd.cri.v1.runtime"]
+  restrict_oom_score_adj = true
+`
 	return cfg
 }
 
@@ -101,7 +106,7 @@ func TestCRIPodFromLabels(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer conn.Close()
+			t.Cleanup(func() { conn.Close() }) // after the pod's cleanup, registered later
 			cri := runtime.NewRuntimeServiceClient(conn)
 			images := runtime.NewImageServiceClient(conn)
 
@@ -111,7 +116,6 @@ func TestCRIPodFromLabels(t *testing.T) {
 			}
 			podConfig := &runtime.PodSandboxConfig{
 				Metadata:     &runtime.PodSandboxMetadata{Name: "lazy", Namespace: "e2e", Uid: "uid-" + strings.ReplaceAll(mode.name, " ", "-"), Attempt: 0},
-				Hostname:     "lazy",
 				LogDirectory: logDir,
 				Linux: &runtime.LinuxPodSandboxConfig{SecurityContext: &runtime.LinuxSandboxSecurityContext{
 					NamespaceOptions: &runtime.NamespaceOption{Network: runtime.NamespaceMode_NODE}, // no CNI here
