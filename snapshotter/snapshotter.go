@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"sync/atomic"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/mount"
@@ -38,7 +39,18 @@ type Snapshotter struct {
 	resolver LayerResolver
 	timeout  time.Duration
 	outcome  func(string) // told how each layer containerd prepares is served, or nil
+	// toldUnknown is set once a layer of unknown source was logged as a warning, with the
+	// settings that would have told the daemon; later ones are logged at debug level.
+	toldUnknown atomic.Bool
 }
+
+// unknownSourceHelp names the settings that tell the daemon where a layer comes from.
+const unknownSourceHelp = "no containerd.io/snapshot/cri.* labels and no record from the registry mirror: " +
+	"for Kubernetes set disable_snapshot_annotations = false under [plugins.\"io.containerd.cri.v1.images\"] " +
+	"(or, pulling through the transfer service, enable_remote_snapshot_annotations = \"true\" under [proxy_plugins.p2p.exports]); " +
+	"for nerdctl and ctr pull through the mirror (hosts.toml naming mirror.address); " +
+	"this warning is given once, later layers of unknown source are logged at debug level"
+
 
 // LayerMounter mounts lazily pulled layers on directories. fusemanager.Mounter (in this
 // process) and fusemanager.Client (in a FUSE manager process that outlives the daemon)
@@ -120,7 +132,11 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		entry := log.G(ctx).WithFields(log.Fields{"key": key, "target": target})
 		if errdefs.IsNotFound(err) {
 			s.observe("unknown")
-			entry.WithError(err).Debug("layer source unknown; unpacking normally")
+			if s.toldUnknown.CompareAndSwap(false, true) {
+				entry.WithError(err).WithField("help", unknownSourceHelp).Warn("layer source unknown; unpacking normally")
+			} else {
+				entry.WithError(err).Debug("layer source unknown; unpacking normally")
+			}
 		} else {
 			s.observe("fallback")
 			entry.WithError(err).Warn("lazy mount failed; unpacking normally")
