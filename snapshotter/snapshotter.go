@@ -51,7 +51,6 @@ const unknownSourceHelp = "no containerd.io/snapshot/cri.* labels and no record 
 	"for nerdctl and ctr pull through the mirror (hosts.toml naming mirror.address); " +
 	"this warning is given once, later layers of unknown source are logged at debug level"
 
-
 // LayerMounter mounts lazily pulled layers on directories. fusemanager.Mounter (in this
 // process) and fusemanager.Client (in a FUSE manager process that outlives the daemon)
 // satisfy it. Each method is idempotent.
