@@ -12,26 +12,15 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
-	"net/http/pprof"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
-	"time"
 
 	"github.com/containerd/log"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
-	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
-	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter/metrics"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/daemon"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -120,133 +109,19 @@ func run(ctx context.Context, cfg snapshotter.Config) error {
 	if err := log.SetLevel(cfg.LogLevel); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(cfg.Root, 0o700); err != nil {
-		return fmt.Errorf("create root: %w", err)
-	}
-	var opts []snapshotter.Option
-	if cfg.Metrics.Address != "" {
-		m := metrics.New()
-		opts = append(opts, snapshotter.WithLayerOutcomes(m.LayerPrepared))
-		var dataPlane prometheus.Gatherer
-		if cfg.Lazy.Enable { // the data plane serves its metrics on its control socket
-			control := fusemanager.NewClient(filepath.Join(cfg.Root, "fuse-manager.sock"))
-			dataPlane = metrics.TextGatherer(func() (io.ReadCloser, error) { return control.Metrics(ctx) })
-		}
-		stop, err := serveHTTP(ctx, "metrics", cfg.Metrics.Address, metricsMux(m.Handler(dataPlane)))
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
-	if cfg.Debug.Address != "" {
-		stop, err := serveHTTP(ctx, "debug", cfg.Debug.Address, debugMux())
-		if err != nil {
-			return err
-		}
-		defer stop()
-	}
-	if cfg.Lazy.Enable {
-		client := newRegistryClient(cfg)
-		mounter, closeMounter, err := layerMounter(ctx, cfg)
-		if err != nil {
-			return err
-		}
-		defer closeMounter()
-		resolvers := snapshotter.Resolvers{snapshotter.NewLabelResolver(client)}
-		if cfg.Mirror.Address != "" {
-			chains, err := mirror.OpenStore(filepath.Join(cfg.Root, "chains.db"))
-			if err != nil {
-				return err
-			}
-			defer chains.Close()
-			stopMirror, err := serveMirror(ctx, cfg.Mirror.Address, mirror.New(client, chains, mirror.WithImageSeen(prefetchLayers(mounter)), mirror.WithBlobs(mounter)))
-			if err != nil {
-				return err
-			}
-			defer stopMirror()
-			resolvers = append(resolvers, chains)
-		}
-		opts = append(opts, snapshotter.WithLazyLayers(mounter, resolvers, time.Duration(cfg.Lazy.Timeout)))
-	}
-	sn, err := snapshotter.New(ctx, filepath.Join(cfg.Root, "overlay"), opts...)
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	defer sn.Close()
+	d, err := daemon.New(ctx, cfg, daemon.WithFuseManager(self, "fuse-manager"))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
 	ln, err := snapshotter.ListenUnix(cfg.Address)
 	if err != nil {
 		return err
 	}
 	log.G(ctx).WithFields(log.Fields{"root": cfg.Root, "version": version}).Info("p2p-snapshotter starting")
-	return snapshotter.Serve(ctx, sn, ln)
-}
-
-// prefetchLayers starts fetching an image's layers as soon as the mirror has seen its config,
-// before containerd prepares them one after another, if the mounter can.
-func prefetchLayers(m snapshotter.LayerMounter) func(context.Context, []seed.Source) {
-	p, ok := m.(interface {
-		Prefetch(ctx context.Context, src seed.Source) error
-	})
-	if !ok {
-		return nil
-	}
-	return func(ctx context.Context, layers []seed.Source) {
-		ctx = context.WithoutCancel(ctx)
-		go func() {
-			for _, l := range layers {
-				if err := p.Prefetch(ctx, l); err != nil {
-					log.G(ctx).WithError(err).WithField("diffID", l.DiffID).Warn("cannot start prefetching a layer")
-				}
-			}
-		}()
-	}
-}
-
-func newRegistryClient(cfg snapshotter.Config) *registry.Client {
-	opts := []registry.Option{registry.WithInsecureRegistries(cfg.Registry.Insecure...)}
-	if cfg.Registry.HostsDir != "" {
-		opts = append(opts, registry.WithHostsDir(cfg.Registry.HostsDir))
-	}
-	return registry.New(opts...)
-}
-
-// serveHTTP serves h on address until the returned stop is called.
-func serveHTTP(ctx context.Context, what, address string, h http.Handler) (stop func(), err error) {
-	ln, err := net.Listen("tcp", address)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", what, err)
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	log.G(ctx).WithField("address", ln.Addr().String()).Infof("serving %s", what)
-	return func() { srv.Close() }, nil
-}
-
-func metricsMux(h http.Handler) *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", h)
-	return mux
-}
-
-// debugMux serves Go's pprof profiles at /debug/pprof/, as containerd's [debug] address does.
-func debugMux() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	return mux
-}
-
-// serveMirror serves the registry mirror on address until the returned stop is called.
-func serveMirror(ctx context.Context, address string, m *mirror.Mirror) (stop func(), err error) {
-	ln, err := net.Listen("tcp", address)
-	if err != nil {
-		return nil, fmt.Errorf("registry mirror: %w", err)
-	}
-	srv := &http.Server{Handler: m, ReadHeaderTimeout: 30 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-	go srv.Serve(ln)
-	log.G(ctx).WithField("address", address).Info("serving registry mirror")
-	return func() { srv.Close() }, nil
+	return snapshotter.Serve(ctx, d.Snapshotter, ln)
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -28,10 +28,10 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/metrics"
 )
 
-// dataPlaneParts is what holds this node's blocks, in whichever process serves FUSE: the
-// block cache, the layers (seeded, or fetched from peers), the block server, and the blob
-// server of the mirror.
-type dataPlaneParts struct {
+// DataPlane is what holds this node's blocks, in whichever process serves FUSE: the block
+// cache, the layers (seeded, or fetched from peers), the block server, and the blob server
+// of the mirror. Close it when done.
+type DataPlane struct {
 	mounter *fusemanager.Mounter
 	blobs   *blobs.Server
 	node    *p2p.Node
@@ -39,16 +39,22 @@ type dataPlaneParts struct {
 	close   func()
 }
 
-// serveOptions are what the data plane's control socket serves besides mounts.
-func (d *dataPlaneParts) serveOptions() []fusemanager.ServeOption {
+// Mounter mounts the data plane's layers.
+func (d *DataPlane) Mounter() *fusemanager.Mounter { return d.mounter }
+
+// Close stops everything the data plane runs.
+func (d *DataPlane) Close() { d.close() }
+
+// ServeOptions are what the data plane's control socket serves besides mounts.
+func (d *DataPlane) ServeOptions() []fusemanager.ServeOption {
 	return []fusemanager.ServeOption{fusemanager.WithBlobs(d.blobs), fusemanager.WithWarmer(d.node), fusemanager.WithStreamer(d.node),
 		fusemanager.WithPrefetcher(d.node), fusemanager.WithMetrics(d.metrics.Handler())}
 }
 
-// newDataPlane builds the data plane from cfg. With p2p.address set it serves blocks to
+// NewDataPlane builds the data plane from cfg. With p2p.address set it serves blocks to
 // peers and, with p2p.schedulers set, asks those schedulers where each layer comes from;
 // otherwise every layer is read from its registry.
-func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlaneParts, retErr error) {
+func NewDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *DataPlane, retErr error) {
 	var closers []func() error
 	closeAll := func() {
 		for i := len(closers) - 1; i >= 0; i-- {
@@ -137,7 +143,7 @@ func newDataPlane(ctx context.Context, cfg snapshotter.Config) (_ *dataPlanePart
 	}
 	m := fusemanager.NewMounter(node, mopts...)
 	closers = append(closers, func() error { m.Close(); return nil })
-	return &dataPlaneParts{mounter: m, blobs: bs, node: node, metrics: dm, close: closeAll}, nil
+	return &DataPlane{mounter: m, blobs: bs, node: node, metrics: dm, close: closeAll}, nil
 }
 
 // hostID is this node's id at the schedulers: p2p.host_id, or hostname-advertise_address.
