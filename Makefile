@@ -29,12 +29,13 @@ protoc_gen = $(PROTOC) -I proto \
 	--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=$(1) --go-grpc_opt=paths=source_relative \
 	$(PROTO_FILES)
 
-.PHONY: all build test unit fuzz bench bench-dist demo lint clean help sim proto proto-check proto-tools proto-versions test-proto
+.PHONY: all build containerd-p2p test unit fuzz bench bench-dist demo lint clean help sim proto proto-check proto-tools proto-versions test-proto
 
 all: build
 
 help:
 	@echo "build  write bin/p2p-snapshotter, bin/p2p-scheduler, bin/p2pctl"
+	@echo "containerd-p2p  write bin/containerd-p2p: containerd with the p2p snapshotter built in (a module of its own)"
 	@echo "test   lint, every test under the race detector (root-only ones run as root), short fuzz runs"
 	@echo "bench  Go benchmarks and the integration harnesses"
 	@echo "demo   a P2P cluster in one process (registry, scheduler, seed, 8 peers): distribute an image, nothing to set up"
@@ -47,6 +48,10 @@ help:
 build:
 	@mkdir -p bin
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ $(addprefix ./cmd/,$(BINARIES))
+
+containerd-p2p:
+	@mkdir -p bin
+	cd cmd/containerd-p2p && GOWORK=off $(GO) build -o ../../bin/containerd-p2p .
 
 test: lint test-proto unit fuzz
 

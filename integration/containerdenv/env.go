@@ -52,6 +52,13 @@ type Options struct {
 	// CRI keeps containerd's CRI plugins, which serve the Kubernetes CRI on its socket
 	// (configure them in ContainerdConfig); they are disabled otherwise.
 	CRI bool
+	// Builtin runs containerd-p2p (cmd/containerd-p2p, built from this module: containerd
+	// with the snapshotter built in) instead of containerd and the daemon: no daemon process
+	// runs, and [plugins."io.containerd.snapshotter.v1.p2p"] gets root = SnapshotterRoot;
+	// ContainerdConfig adds the rest, the plugin's mirror table at least (its default
+	// address would collide between environments). SnapshotterArgs and SnapshotterConfig
+	// are not used.
+	Builtin bool
 }
 
 // Env is one containerd with our daemon as its proxy snapshotter, both separate processes
@@ -193,18 +200,29 @@ func New(t testing.TB, opts Options) *Env {
 	if e.SnapshotterBinary == "" {
 		e.SnapshotterBinary = os.Getenv("P2P_SNAPSHOTTER_BINARY")
 	}
-	if e.SnapshotterBinary == "" {
+	containerd := e.Tools.Containerd
+	switch {
+	case opts.Builtin:
+		containerd = filepath.Join(dir, "containerd-p2p")
+		start := time.Now()
+		if err := BuildContainerdP2P(ctx, containerd); err != nil {
+			t.Fatalf("containerdenv: %v", err)
+		}
+		t.Logf("containerdenv: built containerd-p2p in %s", time.Since(start).Round(time.Millisecond))
+	case e.SnapshotterBinary == "":
 		if e.SnapshotterBinary, err = snapshotterBinary(ctx, t, base, dir); err != nil {
 			t.Fatalf("containerdenv: %v", err)
 		}
 	}
-	if err := e.startSnapshotter(ctx); err != nil {
-		t.Fatalf("containerdenv: %v", err)
+	if !opts.Builtin {
+		if err := e.startSnapshotter(ctx); err != nil {
+			t.Fatalf("containerdenv: %v", err)
+		}
 	}
 	if err := e.writeContainerdConfig(); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.startContainerd(ctx); err != nil {
+	if err := e.startContainerd(ctx, containerd); err != nil {
 		t.Fatalf("containerdenv: %v", err)
 	}
 	if err := e.writeNerdctlConfig(); err != nil {
@@ -319,21 +337,28 @@ disabled_plugins = [` + strings.Join(quoted, ", ") + `]
 [plugins."io.containerd.internal.v1.opt"]
   path = ` + q(filepath.Join(e.ContainerdRoot, "opt")) + `
 
-[proxy_plugins.` + q(e.SnapshotterName) + `]
+`
+	if e.opts.Builtin {
+		cfg += `[plugins."io.containerd.snapshotter.v1.p2p"]
+  root = ` + q(e.SnapshotterRoot) + `
+`
+	} else {
+		cfg += `[proxy_plugins.` + q(e.SnapshotterName) + `]
   type = "snapshot"
   address = ` + q(e.SnapshotterAddress) + `
   [proxy_plugins.` + q(e.SnapshotterName) + `.exports]
     enable_remote_snapshot_annotations = "true"
 `
+	}
 	if e.opts.ContainerdConfig != "" {
 		cfg += "\n" + strings.ReplaceAll(e.opts.ContainerdConfig, "{{.HostsDir}}", e.HostsDir) + "\n"
 	}
 	return os.WriteFile(e.ContainerdConfig, []byte(cfg), 0o644)
 }
 
-func (e *Env) startContainerd(ctx context.Context) error {
+func (e *Env) startContainerd(ctx context.Context, binary string) error {
 	d, err := startDaemon("containerd", filepath.Join(e.LogDir, containerdLogName), e.cmdEnv,
-		e.Tools.Containerd, "--config", e.ContainerdConfig)
+		binary, "--config", e.ContainerdConfig)
 	if err != nil {
 		return err
 	}
@@ -496,6 +521,27 @@ func BuildCommand(ctx context.Context, pkg, out string, race bool) error {
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
+	}
+	return nil
+}
+
+// BuildContainerdP2P builds cmd/containerd-p2p, a module of its own inside this one, to out.
+func BuildContainerdP2P(ctx context.Context, out string) error {
+	root, err := ModuleRoot()
+	if err != nil {
+		return err
+	}
+	goBin, err := goCommand()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, ".")
+	cmd.Dir = filepath.Join(root, "cmd", "containerd-p2p")
+	cmd.Env = append(os.Environ(), "GOWORK=off")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("build containerd-p2p: %v\n%s", err, b)
 	}
 	return nil
 }

@@ -1,0 +1,68 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"testing"
+
+	containerd "github.com/containerd/containerd/v2/client"
+	"github.com/containerd/containerd/v2/core/snapshots"
+	"github.com/containerd/containerd/v2/pkg/namespaces"
+
+	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+)
+
+// TestBuiltinPlugin builds containerd-p2p (containerd's main and built-in plugins, plus
+// package plugin) and runs a container through it with nerdctl --snapshotter=p2p: no daemon
+// process, the snapshotter configured in containerd's own config.toml under
+// [plugins."io.containerd.snapshotter.v1.p2p"], its mirror in front of the registry. Every
+// layer is mounted lazily, by containerd's process, and the container reads every file right.
+func TestBuiltinPlugin(t *testing.T) {
+	containerdenv.RequireRoot(t)
+	reg, err := containerdenv.StartRegistry(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	mirror := freeAddress(t)
+	env := containerdenv.New(t, containerdenv.Options{
+		Builtin: true,
+		ContainerdConfig: fmt.Sprintf(`  [plugins."io.containerd.snapshotter.v1.p2p".mirror]
+    address = %q
+  [plugins."io.containerd.snapshotter.v1.p2p".registry]
+    insecure = [%q]
+`, mirror, reg.Host),
+	})
+	hosts := fmt.Sprintf("server = %q\n\n[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", "http://"+reg.Host, "http://"+mirror)
+	if err := env.SetHostsTOML(reg.Host, hosts); err != nil {
+		t.Fatal(err)
+	}
+	img := containerdenv.PushTestImage(t, reg, "test/builtin:v1")
+
+	checkFiles(t, env, "p2p", img)
+
+	client, err := containerd.New(env.ContainerdAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx := namespaces.WithNamespace(context.Background(), env.Namespace)
+	lazy := 0
+	err = client.SnapshotService("p2p").Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if info.Labels[snapshotter.LabelRemote] == "p2p" {
+			lazy++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lazy != len(img.Layers) {
+		t.Errorf("%d of %d layers mounted lazily by the built-in snapshotter", lazy, len(img.Layers))
+	}
+	if got := countFUSE(t, env.SnapshotterRoot); got != len(img.Layers) {
+		t.Errorf("%d FUSE layer mounts under the plugin's root; want %d", got, len(img.Layers))
+	}
+}
