@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	containerd "github.com/containerd/containerd/v2/client"
@@ -64,5 +65,34 @@ func TestBuiltinPlugin(t *testing.T) {
 	}
 	if got := countFUSE(t, env.SnapshotterRoot); got != len(img.Layers) {
 		t.Errorf("%d FUSE layer mounts under the plugin's root; want %d", got, len(img.Layers))
+	}
+}
+
+// TestBuiltinPluginMisconfigured: a plugin table with a bad value leaves containerd running
+// with its other snapshotters; only the p2p snapshotter is missing, and says so.
+func TestBuiltinPluginMisconfigured(t *testing.T) {
+	containerdenv.RequireRoot(t)
+	reg, err := containerdenv.StartRegistry(io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	env := containerdenv.New(t, containerdenv.Options{
+		Builtin: true,
+		ContainerdConfig: `  [plugins."io.containerd.snapshotter.v1.p2p".mirror]
+    address = ""
+  [plugins."io.containerd.snapshotter.v1.p2p".cache]
+    block_size = "1KiB"
+`,
+	})
+	if err := env.SetHostsTOML(reg.Host, fmt.Sprintf("server = %q\n", "http://"+reg.Host)); err != nil {
+		t.Fatal(err)
+	}
+	img := containerdenv.PushTestImage(t, reg, "test/misconfigured:v1")
+	if _, stderr, err := env.RunNerdctl(context.Background(), "--snapshotter=p2p", "pull", img.Ref); err == nil || !strings.Contains(stderr, "p2p") {
+		t.Errorf("pull with the misconfigured snapshotter: %v: %s; want an error naming it", err, stderr)
+	}
+	if _, stderr, err := env.RunNerdctl(context.Background(), "--snapshotter=overlayfs", "pull", img.Ref); err != nil {
+		t.Errorf("containerd's own snapshotter no longer works: %v: %s", err, stderr)
 	}
 }

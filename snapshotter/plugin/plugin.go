@@ -53,10 +53,23 @@ func init() {
 	})
 }
 
+// initPlugin builds the snapshotter. A configuration or start-up error skips the plugin
+// (plugin.ErrSkipPlugin) rather than fail it: containerd's metadata plugin fails with any
+// snapshotter that failed, which would take every other snapshotter down with this one. The
+// error itself is logged here, at error level, since containerd logs skipped plugins at info.
 func initPlugin(ic *plugin.InitContext) (interface{}, error) {
+	sn, err := build(ic)
+	if err != nil {
+		log.G(ic.Context).WithError(err).Error("p2p snapshotter not loaded")
+		return nil, fmt.Errorf("p2p snapshotter not loaded (its error is logged): %w", plugin.ErrSkipPlugin)
+	}
+	return sn, nil
+}
+
+func build(ic *plugin.InitContext) (*builtin, error) {
 	cfg, ok := ic.Config.(*snapshotter.Config)
 	if !ok {
-		return nil, fmt.Errorf("%s snapshotter: configuration of type %T", ID, ic.Config)
+		return nil, fmt.Errorf("configuration of type %T", ic.Config)
 	}
 	if cfg.Root == "" {
 		cfg.Root = ic.Properties[plugins.PropertyRootDir]
@@ -68,7 +81,7 @@ func initPlugin(ic *plugin.InitContext) (interface{}, error) {
 	ic.Meta.Exports[plugins.SnapshotterRootDir] = cfg.Root
 	d, err := daemon.New(ic.Context, *cfg)
 	if err != nil {
-		return nil, fmt.Errorf("%s snapshotter: %w", ID, err)
+		return nil, fmt.Errorf(`[plugins."io.containerd.snapshotter.v1.%s"]: %w`, ID, err)
 	}
 	log.G(ic.Context).WithFields(log.Fields{"root": cfg.Root, "mirror": cfg.Mirror.Address, "p2p": cfg.P2P.Address}).Info("p2p snapshotter built in")
 	return &builtin{Snapshotter: d.Snapshotter, daemon: d}, nil

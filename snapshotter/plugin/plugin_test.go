@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,7 +88,12 @@ func TestInit(t *testing.T) {
 	bad.Lazy.FuseManager = true
 	ic = plugin.NewContext(context.Background(), nil, map[string]string{plugins.PropertyRootDir: t.TempDir()})
 	ic.Config = bad
-	if _, err := initPlugin(ic); err == nil || !strings.Contains(err.Error(), "lazy.fuse_manager") {
+	_, err = build(ic)
+	if err == nil || !strings.Contains(err.Error(), "lazy.fuse_manager") {
 		t.Errorf("lazy.fuse_manager = true: got %v; want an error naming it", err)
+	}
+	// containerd then skips the plugin, and keeps its other snapshotters.
+	if _, err := initPlugin(ic); !errors.Is(err, plugin.ErrSkipPlugin) {
+		t.Errorf("a misconfigured plugin: got %v; want it skipped (plugin.ErrSkipPlugin)", err)
 	}
 }
