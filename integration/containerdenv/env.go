@@ -501,32 +501,20 @@ func buildSnapshotter(ctx context.Context, out string, race bool) error {
 // BuildCommand builds the command pkg ("./cmd/NAME") of this module into out, with the race
 // detector if race.
 func BuildCommand(ctx context.Context, pkg, out string, race bool) error {
-	root, err := ModuleRoot()
-	if err != nil {
-		return err
-	}
-	goBin, err := goCommand()
-	if err != nil {
-		return err
-	}
-	args := []string{"build", "-o", out}
+	args := []string{"-o", out}
 	if race {
 		args = append(args, "-race")
 	}
-	args = append(args, pkg)
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, args...)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "GOWORK=off")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, b)
-	}
-	return nil
+	return goBuild(ctx, ".", append(args, pkg)...)
 }
 
 // BuildContainerdP2P builds cmd/containerd-p2p, a module of its own inside this one, to out.
 func BuildContainerdP2P(ctx context.Context, out string) error {
+	return goBuild(ctx, filepath.Join("cmd", "containerd-p2p"), "-o", out, ".")
+}
+
+// goBuild runs go build with args in dir, relative to this module's root.
+func goBuild(ctx context.Context, dir string, args ...string) error {
 	root, err := ModuleRoot()
 	if err != nil {
 		return err
@@ -537,11 +525,12 @@ func BuildContainerdP2P(ctx context.Context, out string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, ".")
-	cmd.Dir = filepath.Join(root, "cmd", "containerd-p2p")
+	args = append([]string{"build"}, args...)
+	cmd := exec.CommandContext(ctx, goBin, args...)
+	cmd.Dir = filepath.Join(root, dir)
 	cmd.Env = append(os.Environ(), "GOWORK=off")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build containerd-p2p: %v\n%s", err, b)
+		return fmt.Errorf("go %s in %s: %v\n%s", strings.Join(args, " "), cmd.Dir, err, b)
 	}
 	return nil
 }

@@ -8,11 +8,9 @@ import (
 	"testing"
 
 	containerd "github.com/containerd/containerd/v2/client"
-	"github.com/containerd/containerd/v2/core/snapshots"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 )
 
 // TestBuiltinPlugin builds containerd-p2p (containerd's main and built-in plugins, plus
@@ -50,17 +48,7 @@ func TestBuiltinPlugin(t *testing.T) {
 	}
 	defer client.Close()
 	ctx := namespaces.WithNamespace(context.Background(), env.Namespace)
-	lazy := 0
-	err = client.SnapshotService("p2p").Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-		if info.Labels[snapshotter.LabelRemote] == "p2p" {
-			lazy++
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lazy != len(img.Layers) {
+	if lazy := len(lazyLayers(ctx, t, client.SnapshotService("p2p"))); lazy != len(img.Layers) {
 		t.Errorf("%d of %d layers mounted lazily by the built-in snapshotter", lazy, len(img.Layers))
 	}
 	if got := countFUSE(t, env.SnapshotterRoot); got != len(img.Layers) {

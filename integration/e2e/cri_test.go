@@ -12,13 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/snapshots"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 )
 
 // criConfig is the containerd configuration of docs/containerd.md for Kubernetes, with the
@@ -179,18 +177,9 @@ func TestCRIPodFromLabels(t *testing.T) {
 			for _, l := range append(slices.Clone(img.Layers), pause.Layers...) {
 				want[l.DiffID] = true
 			}
-			lazy := map[string]bool{}
-			err = env.SnapshotterClient(t).Walk(ctx, func(_ context.Context, info snapshots.Info) error {
-				if info.Labels[snapshotter.LabelRemote] == "p2p" {
-					lazy[info.Labels[snapshotter.LabelDiffID]] = true
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
+			lazy := lazyLayers(ctx, t, env.SnapshotterClient(t))
 			for d := range want {
-				if !lazy[d] {
+				if lazy[d] == 0 {
 					t.Errorf("layer %s was not mounted lazily", d)
 				}
 			}

@@ -16,6 +16,7 @@ import (
 	"github.com/containerd/containerd/v2/core/snapshots"
 
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 )
 
 func TestMain(m *testing.M) { os.Exit(containerdenv.RunTests(m)) }
@@ -200,4 +201,21 @@ func TestDaemonRestart(t *testing.T) {
 	}
 	checkFiles(t, env, sn, img)
 	env.Nerdctl(t, "rm", "-f", "keep")
+}
+
+// lazyLayers returns the diffIDs of the layers sn mounted lazily, each with how many
+// snapshots name it.
+func lazyLayers(ctx context.Context, t *testing.T, sn snapshots.Snapshotter) map[string]int {
+	t.Helper()
+	lazy := map[string]int{}
+	err := sn.Walk(ctx, func(_ context.Context, info snapshots.Info) error {
+		if info.Labels[snapshotter.LabelRemote] == "p2p" {
+			lazy[info.Labels[snapshotter.LabelDiffID]]++
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lazy
 }

@@ -6,10 +6,7 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/containerd/containerd/v2/core/snapshots"
-
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 )
 
 // TestPrivateRegistry pulls from a registry that requires a bearer token issued for
@@ -45,17 +42,7 @@ func TestPrivateRegistry(t *testing.T) {
 
 	checkFiles(t, env, "p2p", img)
 
-	lazy := 0
-	err = env.SnapshotterClient(t).Walk(context.Background(), func(_ context.Context, info snapshots.Info) error {
-		if info.Labels[snapshotter.LabelRemote] == "p2p" {
-			lazy++
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if lazy != len(img.Layers) {
+	if lazy := len(lazyLayers(context.Background(), t, env.SnapshotterClient(t))); lazy != len(img.Layers) {
 		t.Errorf("%d of %d layers mounted lazily from the private registry", lazy, len(img.Layers))
 	}
 	if auth.Issued() < 2 {

@@ -23,16 +23,7 @@ func TestBlocksOverMutualTLS(t *testing.T) {
 	dir := t.TempDir()
 	ca, other := tlstest.NewAuthority(t, "cluster"), tlstest.NewAuthority(t, "other")
 	identity := func(f tlsfiles.Files) *tlsfiles.Identity { return tlstest.Load(t, f) }
-	h := newHolder(t)
-	close(h.gate)
-	s := NewServer(h)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(context.Background(), tls.NewListener(ln, identity(ca.Valid(t, dir, "server")).ServerConfig()))
-	t.Cleanup(func() { s.Close() })
-	addr := ln.Addr().String()
+	addr := serveTLS(t, identity(ca.Valid(t, dir, "server")))
 
 	for _, tc := range []struct {
 		name   string
@@ -77,16 +68,7 @@ func TestGateSeesCertificateNames(t *testing.T) {
 	dir := t.TempDir()
 	ca := tlstest.NewAuthority(t, "cluster")
 	identity := func(f tlsfiles.Files) *tlsfiles.Identity { return tlstest.Load(t, f) }
-	h := newHolder(t)
-	close(h.gate)
-	s := NewServer(h, WithGate(gateFor{"alice"}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(context.Background(), tls.NewListener(ln, identity(ca.Valid(t, dir, "server")).ServerConfig()))
-	t.Cleanup(func() { s.Close() })
-	addr := ln.Addr().String()
+	addr := serveTLS(t, identity(ca.Valid(t, dir, "server")), WithGate(gateFor{"alice"}))
 
 	for _, tc := range []struct {
 		name string
@@ -107,4 +89,20 @@ func TestGateSeesCertificateNames(t *testing.T) {
 			}
 		})
 	}
+}
+
+// serveTLS serves a holder of every block over mutual TLS as id, on loopback, until the
+// test ends, and returns its address.
+func serveTLS(t *testing.T, id *tlsfiles.Identity, opts ...ServerOption) string {
+	t.Helper()
+	h := newHolder(t)
+	close(h.gate)
+	s := NewServer(h, opts...)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(context.Background(), tls.NewListener(ln, id.ServerConfig()))
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
 }
