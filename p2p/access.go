@@ -60,17 +60,17 @@ func (n *Node) shared(ctx context.Context, src seed.Source) (shared, private boo
 		case err != nil:
 			// Unknown: the layer is taken from peers as a public one, and served to no one.
 			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell whether a layer's repository is private; not serving it to peers")
-			n.notePrivate(task, servedToNone)
+			n.noteServed(task, servedToNone)
 		case a.Private && (!n.peerTLS || a.Authorization == "" || n.sched == nil):
-			n.notePrivate(task, servedToNone)
+			n.noteServed(task, servedToNone)
 			log.G(ctx).WithFields(log.Fields{"task": task, "repository": src.Host + "/" + src.Repository, "certificate": n.peerTLS, "token": a.Authorization != ""}).
 				Debug("a private repository's layer, and no certificate, token or scheduler to share it with: reading it from the registry")
 			return false, true
 		case a.Private:
-			n.notePrivate(task, servedToAdmitted)
+			n.noteServed(task, servedToAdmitted)
 			return true, true
 		default:
-			n.notePrivate(task, servedToAll)
+			n.noteServed(task, servedToAll)
 		}
 	}
 	return n.sched != nil, false
@@ -85,7 +85,7 @@ const (
 	servedToNone                        // a private one's: to no peer (this node does not share it)
 )
 
-func (n *Node) notePrivate(task layer.TaskID, p privacy) {
+func (n *Node) noteServed(task layer.TaskID, p privacy) {
 	n.mu.Lock()
 	if n.private[task] != servedToNone { // once served to none, always
 		n.private[task] = p
