@@ -97,7 +97,8 @@ func (n *Node) noteServed(task layer.TaskID, p privacy) {
 // layer's blocks; a private one's go only to a peer whose certificate names a host the
 // scheduler says proved, with a token still good, that it may read the layer's repository.
 // With WithRegistryAccess, a layer whose repository the node has not asked about yet (one
-// restored after a restart, until it is used again) goes to no one. Answers are kept for as
+// restored after a restart, until it is used again; one a seed is about to read) goes to no
+// one: peers are told the node does not hold it. Answers are kept for as
 // long as the scheduler says, a refusal for a second.
 func (n *Node) Admit(ctx context.Context, identity string, task layer.TaskID) error {
 	n.mu.Lock()
@@ -108,8 +109,10 @@ func (n *Node) Admit(ctx context.Context, identity string, task layer.TaskID) er
 		if n.access == nil {
 			return nil // every layer is taken as public
 		}
-		// Not classified: held since before a restart, say, or known by its id alone.
-		return fmt.Errorf("task %s: this node does not know whether its repository is private: %w", task, peer.ErrForbidden)
+		// Not classified yet: a seed still asking the registry, a layer held since before a
+		// restart, one known by its id alone. Not held, as far as peers are concerned: they
+		// ask again, or another parent.
+		return fmt.Errorf("task %s: this node does not know yet whether its repository is private: %w", task, peer.ErrNotHeld)
 	case servedToAll:
 		return nil
 	case servedToNone:

@@ -129,9 +129,10 @@ func TestAdmitAsksOnce(t *testing.T) {
 	if q := sched.questions.Load(); q != 1 {
 		t.Errorf("the scheduler was asked %d times; want once", q)
 	}
-	// A task the node never asked the registry about (held since before a restart) goes to
-	// no one until it does.
-	if err := n.Admit(t.Context(), "alice", layer.TaskIDFromDigest(digest.FromString("restored"))); !errors.Is(err, peer.ErrForbidden) {
-		t.Errorf("a layer of unknown privacy: got %v; want ErrForbidden", err)
+	// A task the node never asked the registry about (held since before a restart, or one
+	// a seed is about to read) goes to no one until it does: as one it does not hold, which
+	// peers ask for again.
+	if err := n.Admit(t.Context(), "alice", layer.TaskIDFromDigest(digest.FromString("restored"))); !errors.Is(err, peer.ErrNotHeld) {
+		t.Errorf("a layer of unknown privacy: got %v; want ErrNotHeld", err)
 	}
 }

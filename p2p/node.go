@@ -313,7 +313,7 @@ func (n *Node) index(ctx context.Context, task layer.TaskID, parents []fetch.Par
 			}
 		}
 		errs = append(errs, fmt.Errorf("parent %s: %w", p.Addr, err))
-		if !errors.Is(err, peer.ErrNotFound) {
+		if !errors.Is(err, peer.ErrNotFound) && !errors.Is(err, peer.ErrForbidden) {
 			failed[p.ID] = true // unreachable, or it sent something wrong
 		}
 		if ctx.Err() != nil {

@@ -47,8 +47,10 @@ type HeldReporter interface {
 // Gate decides which peers may read which tasks.
 type Gate interface {
 	// Admit returns nil if the peer whose verified certificate names identity ("" for a
-	// peer without one, or a server without TLS) may read task, and otherwise an error
-	// wrapping ErrForbidden. It is called for every request, so it keeps its answers.
+	// peer without one, or a server without TLS) may read task, and otherwise an error:
+	// wrapping ErrNotHeld to have the peer told the task is not held here (it asks again,
+	// or elsewhere), any other to have it told it is refused (ErrForbidden). It is called
+	// for every request, so it keeps its answers.
 	Admit(ctx context.Context, identity string, task layer.TaskID) error
 }
 
@@ -201,10 +203,14 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req wire.Request, identity string) error {
 	if s.gate != nil {
 		if err := s.gate.Admit(ctx, identity, req.Task); err != nil {
-			log.G(ctx).WithError(err).WithFields(log.Fields{"task": req.Task, "identity": identity}).Debug("peer refused a private task")
+			status := wire.StatusForbidden
+			if errors.Is(err, ErrNotHeld) {
+				status = wire.StatusNotFound
+			}
+			log.G(ctx).WithError(err).WithFields(log.Fields{"task": req.Task, "identity": identity, "status": status}).Debug("the gate turned a request away")
 			msg := []byte(err.Error())
 			c.SetWriteDeadline(time.Now().Add(ioTimeout))
-			return wire.WriteResponse(c, wire.ResponseHeader{Status: wire.StatusForbidden, State: s.State(), Length: len(msg)}, msg)
+			return wire.WriteResponse(c, wire.ResponseHeader{Status: status, State: s.State(), Length: len(msg)}, msg)
 		}
 	}
 	if len(s.slots) == cap(s.slots) {

@@ -51,19 +51,23 @@ func TestBlocksOverMutualTLS(t *testing.T) {
 	}
 }
 
-// gateFor admits the peers whose certificates name one of names.
+// gateFor admits the peers whose certificates name one of names; to "later" it does not
+// hold the task yet.
 type gateFor []string
 
 func (g gateFor) Admit(_ context.Context, identity string, _ layer.TaskID) error {
-	if slices.Contains(g, identity) {
+	switch {
+	case slices.Contains(g, identity):
 		return nil
+	case identity == "later":
+		return fmt.Errorf("not classified yet: %w", ErrNotHeld)
 	}
 	return fmt.Errorf("%q may not read the task: %w", identity, ErrForbidden)
 }
 
 // TestGateSeesCertificateNames: a gate learns each peer by the name its verified
-// certificate carries, and what it refuses is answered "forbidden", which the client reports
-// as ErrForbidden; the connection stays usable.
+// certificate carries; what it refuses is answered "forbidden", which the client reports as
+// ErrForbidden, and what it does not hold yet "not found"; the connection stays usable.
 func TestGateSeesCertificateNames(t *testing.T) {
 	dir := t.TempDir()
 	ca := tlstest.NewAuthority(t, "cluster")
@@ -72,8 +76,8 @@ func TestGateSeesCertificateNames(t *testing.T) {
 
 	for _, tc := range []struct {
 		name string
-		ok   bool
-	}{{"alice", true}, {"mallory", false}} {
+		want error
+	}{{"alice", nil}, {"mallory", ErrForbidden}, {"later", ErrNotFound}} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := NewClient(WithClientTLS(identity(ca.Valid(t, dir, tc.name)).ClientConfig()))
 			defer c.Close()
@@ -81,10 +85,10 @@ func TestGateSeesCertificateNames(t *testing.T) {
 				buf := make([]byte, 4096)
 				_, _, err := c.Block(t.Context(), addr, task, 7, time.Second, buf)
 				switch {
-				case tc.ok && err != nil:
+				case tc.want == nil && err != nil:
 					t.Fatalf("refused: %v", err)
-				case !tc.ok && !errors.Is(err, ErrForbidden):
-					t.Fatalf("got %v; want ErrForbidden", err)
+				case tc.want != nil && !errors.Is(err, tc.want):
+					t.Fatalf("got %v; want %v", err, tc.want)
 				}
 			}
 		})
