@@ -39,6 +39,11 @@ const privacyLifetime = 10 * time.Minute
 // tokenMargin is how long before its expiry Access stops handing out a token.
 const tokenMargin = 15 * time.Second
 
+// failureLifetime is how long Access repeats a registry's failure to answer (not a refusal)
+// without asking again: while a registry is down, every layer would otherwise wait for its
+// own timeout.
+const failureLifetime = 30 * time.Second
+
 type accessKey struct{ host, repository string }
 
 // Access says whether the repository of blob needs credentials, by a HEAD of the blob
@@ -46,13 +51,19 @@ type accessKey struct{ host, repository string }
 // for a private one proves this client may read it: a HEAD with its credentials, whose
 // Authorization header it returns. It asks the registry's own server, not its mirrors.
 // Answers are kept per repository: the privacy for 10 minutes, the proof until shortly
-// before the token expires.
+// before the token expires, a registry's failure to answer for 30 seconds.
 func (c *Client) Access(ctx context.Context, host, repository string, blob digest.Digest) (Access, error) {
 	key := accessKey{host, repository}
 	now := time.Now()
 	c.mu.Lock()
 	a, ok := c.access[key]
 	c.mu.Unlock()
+	if ok && a.err != nil {
+		if now.Before(a.checked.Add(failureLifetime)) {
+			return Access{}, a.err
+		}
+		ok = false
+	}
 	if ok && now.Before(a.checked.Add(privacyLifetime)) && (!a.Private || a.Authorization == "" || now.Before(a.Expires.Add(-tokenMargin))) {
 		return a.Access, nil
 	}
@@ -78,7 +89,11 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 			c.remember(key, a)
 			return a.Access, nil
 		case !errors.Is(err, ErrUnauthorized) && !errors.Is(err, ErrDenied):
-			return Access{}, fmt.Errorf("access to %s/%s: anonymous HEAD of %s: %w", host, repository, blob, err)
+			err = fmt.Errorf("access to %s/%s: anonymous HEAD of %s: %w", host, repository, blob, err)
+			if ctx.Err() == nil {
+				c.remember(key, accessEntry{checked: now, err: err})
+			}
+			return Access{}, err
 		}
 	}
 
@@ -98,6 +113,7 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 type accessEntry struct {
 	Access
 	checked time.Time
+	err     error // the registry did not answer: kept failureLifetime
 }
 
 func (c *Client) remember(key accessKey, a accessEntry) {

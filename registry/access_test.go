@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,4 +143,26 @@ func FuzzTokenExpiry(f *testing.F) {
 			t.Errorf("TokenExpiry(%q) is zero", auth)
 		}
 	})
+}
+
+// TestAccessWhileTheRegistryIsDown: a registry that fails to answer is asked once, and its
+// failure repeated for a while, rather than once per layer.
+func TestAccessWhileTheRegistryIsDown(t *testing.T) {
+	var hits atomic.Int64
+	down := newTestRegistry(t, func(http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			hits.Add(1)
+			http.Error(w, "down for maintenance", http.StatusServiceUnavailable)
+		})
+	})
+	c := testClient(t, down)
+	blob := digest.FromString("a layer")
+	for range 3 {
+		if _, err := c.Access(context.Background(), down.Host, "app/single", blob); err == nil {
+			t.Fatal("a registry that is down answered")
+		}
+	}
+	if got := hits.Load(); got != 1 {
+		t.Errorf("the registry was asked %d times; want once", got)
+	}
 }
