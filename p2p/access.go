@@ -58,9 +58,10 @@ func (n *Node) shared(ctx context.Context, src seed.Source) (shared, private boo
 		a, err := n.access.Access(ctx, src.Host, src.Repository, src.Blob.Digest)
 		switch {
 		case err != nil:
-			// Unknown: the layer is taken from peers as a public one, and served to no one.
-			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell whether a layer's repository is private; not serving it to peers")
-			n.noteServed(task, servedToNone)
+			// Unknown for now: the layer is taken from peers as a public one, and left
+			// unclassified, so peers are told it is not held here until a later call
+			// learns its privacy.
+			log.G(ctx).WithError(err).WithField("task", task).Warn("cannot tell whether a layer's repository is private; not serving it to peers for now")
 		case a.Private && (!n.peerTLS || a.Authorization == "" || n.sched == nil):
 			n.noteServed(task, servedToNone)
 			log.G(ctx).WithFields(log.Fields{"task": task, "repository": src.Host + "/" + src.Repository, "certificate": n.peerTLS, "token": a.Authorization != ""}).
@@ -87,9 +88,7 @@ const (
 
 func (n *Node) noteServed(task layer.TaskID, p privacy) {
 	n.mu.Lock()
-	if n.private[task] != servedToNone { // once served to none, always
-		n.private[task] = p
-	}
+	n.private[task] = p
 	n.mu.Unlock()
 }
 
