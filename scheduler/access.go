@@ -17,8 +17,9 @@ import (
 
 // AccessVerifier checks a host's proof that it may read a private task's repository
 // (RegistryAccess): a HEAD of the source's blob at its registry with the proof. It returns
-// when the proof expires, or an error for a proof the registry refused (wrapping
-// errdefs.ErrPermissionDenied or errdefs.ErrUnauthenticated) or could not be checked.
+// when the proof expires, or an error: one wrapping errdefs.ErrPermissionDenied,
+// errdefs.ErrUnauthenticated or errdefs.ErrNotFound for a proof the registry refused, any
+// other when the registry could not check it.
 // cmd/p2p-scheduler makes one of package registry's client.
 type AccessVerifier interface {
 	VerifyAccess(ctx context.Context, src *schedulerv1.TaskSource, authorization string) (expires time.Time, err error)
@@ -39,9 +40,10 @@ type proofs struct {
 	answers map[proofKey]proofAnswer
 }
 
+// proofKey is a proof for a repository: a token is good for every layer of it.
 type proofKey struct {
-	task  string
-	proof [sha256.Size]byte
+	registry, repository string
+	proof                [sha256.Size]byte
 }
 
 type proofAnswer struct {
@@ -82,15 +84,19 @@ func (s *Scheduler) checkPrivate(ctx context.Context, req *schedulerv1.RegisterP
 		return "", time.Time{}, fmt.Errorf("task %s is private, and this scheduler has no way to check access to registries: %w", req.TaskId, errdefs.ErrFailedPrecondition)
 	}
 	now := s.opts.clock.Now()
-	key := proofKey{task: req.TaskId, proof: sha256.Sum256([]byte(proof))}
+	key := proofKey{registry: req.Source.GetRegistry(), repository: req.Source.GetRepository(), proof: sha256.Sum256([]byte(proof))}
 	s.proofs.mu.Lock()
 	a, ok := s.proofs.answers[key]
 	s.proofs.mu.Unlock()
 	if !ok || !now.Before(a.until) {
 		expires, err := s.opts.verifier.VerifyAccess(ctx, req.Source, proof)
 		a = proofAnswer{expires: expires, until: expires}
-		if err != nil {
+		switch {
+		case err == nil:
+		case errdefs.IsPermissionDenied(err) || errdefs.IsUnauthorized(err) || errdefs.IsNotFound(err):
 			a = proofAnswer{err: err, until: now.Add(deniedLifetime)}
+		default: // not an answer: nothing is kept
+			return "", time.Time{}, fmt.Errorf("task %s is private, and the registry could not check the proof of access of %s: %v: %w", req.TaskId, name, err, errdefs.ErrUnavailable)
 		}
 		s.proofs.mu.Lock()
 		for k, old := range s.proofs.answers { // forget what has expired
@@ -104,7 +110,7 @@ func (s *Scheduler) checkPrivate(ctx context.Context, req *schedulerv1.RegisterP
 			"repository": req.Source.GetRegistry() + "/" + req.Source.GetRepository(), "granted": err == nil}).Info("checked a proof of access to a private task")
 	}
 	if a.err != nil {
-		return "", time.Time{}, fmt.Errorf("task %s is private: the registry refused the proof of access of %s: %w: %w", req.TaskId, name, a.err, errdefs.ErrPermissionDenied)
+		return "", time.Time{}, fmt.Errorf("task %s is private: the registry refused the proof of access of %s: %v: %w", req.TaskId, name, a.err, errdefs.ErrPermissionDenied)
 	}
 	return name, a.expires, nil
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -27,11 +28,14 @@ type registryProofs struct {
 func (r *registryProofs) VerifyAccess(_ context.Context, src *schedulerv1.TaskSource, proof string) (time.Time, error) {
 	r.calls++
 	if src.GetRegistry() != privateSource.Registry || src.GetRepository() != privateSource.Repository {
-		return time.Time{}, errors.New("not the repository of the test")
+		return time.Time{}, fmt.Errorf("not the repository of the test: %w", errdefs.ErrNotFound)
+	}
+	if proof == "Bearer registry-down" {
+		return time.Time{}, errors.New("HEAD: 503 Service Unavailable")
 	}
 	expires, ok := r.good[proof]
 	if !ok {
-		return time.Time{}, errors.New("HEAD: 401 Unauthorized")
+		return time.Time{}, fmt.Errorf("HEAD: 401 Unauthorized: %w", errdefs.ErrUnauthenticated)
 	}
 	return expires, nil
 }
@@ -101,6 +105,16 @@ func TestPrivateTaskRegistration(t *testing.T) {
 	if proofs.calls != 3 {
 		t.Errorf("the registry was asked %d times; want 3 (alice, carol, and mallory's proof once)", proofs.calls)
 	}
+	// A registry that cannot answer is no refusal: the host may try again at once.
+	for range 2 {
+		if _, err := register(asHost(e.ctx, "bob"), "bob", private, "Bearer registry-down", privateSource); !errdefs.IsUnavailable(err) {
+			t.Errorf("the registry cannot check the proof: got %v; want unavailable", err)
+		}
+	}
+	if proofs.calls != 5 {
+		t.Errorf("the registry was asked %d times; want 5 (the failed check is not kept)", proofs.calls)
+	}
+	proofs.calls = 3
 	// Registering again within the token's lifetime costs the registry nothing.
 	if _, err := register(asHost(e.ctx, "alice"), "alice", private, "Bearer alice", privateSource); err != nil || proofs.calls != 3 {
 		t.Errorf("registering again: %v, %d calls to the registry", err, proofs.calls)

@@ -253,8 +253,6 @@ func toStatus(err error) error {
 	}
 	var code codes.Code
 	switch {
-	case errdefs.IsPermissionDenied(err): // first: a refused proof may wrap the registry's "not found"
-		code = codes.PermissionDenied
 	case errdefs.IsNotFound(err):
 		code = codes.NotFound
 	case errdefs.IsInvalidArgument(err):
@@ -263,6 +261,8 @@ func toStatus(err error) error {
 		code = codes.FailedPrecondition
 	case errdefs.IsUnavailable(err):
 		code = codes.Unavailable
+	case errdefs.IsPermissionDenied(err):
+		code = codes.PermissionDenied
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
