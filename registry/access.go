@@ -36,8 +36,13 @@ const DefaultTokenLifetime = time.Minute
 // privacyLifetime is how long Access keeps a repository's privacy before asking again.
 const privacyLifetime = 10 * time.Minute
 
-// tokenMargin is how long before its expiry Access stops handing out a token.
-const tokenMargin = 15 * time.Second
+// tokenMargin is how long before its expiry Access asks for a new token; tokenRetry how
+// long it then keeps the token it got, which may be the same one (containerd's authorizer
+// hands out a token until it expires).
+const (
+	tokenMargin = 15 * time.Second
+	tokenRetry  = 5 * time.Second
+)
 
 // failureLifetime is how long Access repeats a registry's failure to answer (not a refusal)
 // without asking again: while a registry is down, every layer would otherwise wait for its
@@ -64,7 +69,7 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 		}
 		ok = false
 	}
-	if ok && now.Before(a.checked.Add(privacyLifetime)) && (!a.Private || a.Authorization == "" || now.Before(a.Expires.Add(-tokenMargin))) {
+	if ok && now.Before(a.checked.Add(privacyLifetime)) && (!a.Private || a.Authorization == "" || now.Before(a.renew)) {
 		return a.Access, nil
 	}
 	if err := blob.Validate(); err != nil {
@@ -81,7 +86,9 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 	if !ok || !now.Before(a.checked.Add(privacyLifetime)) {
 		anonymous := server
 		anonymous.Authorizer = docker.NewDockerAuthorizer(docker.WithAuthClient(server.Client), docker.WithAuthHeader(server.Header))
-		resp, err := c.headOnce(ctx, anonymous, r)
+		ar := r
+		ar.ownAuthorizer = true
+		resp, err := c.headOnce(ctx, anonymous, ar)
 		switch {
 		case err == nil:
 			resp.Body.Close()
@@ -97,7 +104,7 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 		}
 	}
 
-	resp, err := c.do(ctx, r)
+	resp, err := c.headOnce(ctx, server, r) // the server itself: a mirror's token proves nothing there
 	if err != nil {
 		return Access{}, fmt.Errorf("access to %s/%s: HEAD of %s with this node's credentials: %w", host, repository, blob, err)
 	}
@@ -105,6 +112,10 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 	a = accessEntry{checked: now, Access: Access{Private: true}}
 	if auth := resp.Request.Header.Get("Authorization"); strings.HasPrefix(auth, "Bearer ") {
 		a.Authorization, a.Expires = auth, TokenExpiry(auth, now)
+		a.renew = a.Expires.Add(-tokenMargin)
+		if a.renew.Before(now.Add(tokenRetry)) {
+			a.renew = now.Add(tokenRetry)
+		}
 	}
 	c.remember(key, a)
 	return a.Access, nil
@@ -113,7 +124,8 @@ func (c *Client) Access(ctx context.Context, host, repository string, blob diges
 type accessEntry struct {
 	Access
 	checked time.Time
-	err     error // the registry did not answer: kept failureLifetime
+	renew   time.Time // a private repository's token is asked for again from then on
+	err     error     // the registry did not answer: kept failureLifetime
 }
 
 func (c *Client) remember(key accessKey, a accessEntry) {

@@ -136,11 +136,10 @@ func hasTLSSettings(cfg *tls.Config) bool {
 // skipping its mirrors, as the hosts configuration says (scheme, TLS): how a registry mirror
 // reaches the registry it stands in for.
 func (c *Client) Upstream(ctx context.Context, host string) (*url.URL, *http.Client, error) {
-	hs, err := c.registryHosts(ctx, host)
+	server, err := c.server(ctx, host)
 	if err != nil {
 		return nil, nil, err
 	}
-	server := hs[len(hs)-1] // ConfigureHosts lists mirrors first and the server last
 	client := server.Client
 	if client == nil {
 		client = http.DefaultClient

@@ -34,6 +34,9 @@ type request struct {
 	object     string // tag or digest
 	header     http.Header
 	caps       docker.HostCapabilities // capability an endpoint needs to serve it
+	// ownAuthorizer: the request is authorized by an authorizer of its own (an anonymous
+	// one), whose failure says nothing of the cached endpoints' authorizers.
+	ownAuthorizer bool
 }
 
 // do sends r to the endpoints configured for r.host, in order, retrying
@@ -183,7 +186,7 @@ func (c *Client) roundTrip(ctx context.Context, h docker.RegistryHost, r request
 		cancel(nil)
 		var ae *authError
 		authFailed := errors.As(err, &ae)
-		if authFailed {
+		if authFailed && !r.ownAuthorizer {
 			c.forgetHosts(r.host)
 		}
 		switch {
