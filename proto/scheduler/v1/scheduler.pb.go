@@ -1002,8 +1002,8 @@ type CheckAccessRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The private task, as registered.
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
-	// The name in the requesting host's certificate (its common name, else its first DNS or
-	// IP subject alternative name).
+	// The common name of the requesting host's verified client certificate: the name grants
+	// are given to (the scheduler's issuer puts the host's name there).
 	Identity      string `protobuf:"bytes,2,opt,name=identity,proto3" json:"identity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
