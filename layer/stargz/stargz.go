@@ -122,7 +122,9 @@ func Open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, error) {
 		return nil, fmt.Errorf("open stargz layer: TOC digest: %w", err)
 	}
 	l, tail, err := open(ra, size, tocDigest)
-	if rj, ok := ra.(Rejecter); ok && err != nil {
+	// Only bytes that arrived and failed their check are rejected: a read that failed (the
+	// registry, a context) says nothing against whoever sent the others.
+	if rj, ok := ra.(Rejecter); ok && err != nil && !tail.readFailed() {
 		tail.reject(rj)
 		l, _, err = open(ra, size, tocDigest)
 	}
@@ -151,9 +153,16 @@ func open(ra io.ReaderAt, size int64, tocDigest digest.Digest) (*Layer, *memoRea
 // memoReader remembers what it read from ra and serves a read inside an earlier one from
 // memory. Open uses it while it reads the blob's tail.
 type memoReader struct {
-	ra   io.ReaderAt
-	mu   sync.Mutex
-	done []memoRead
+	ra     io.ReaderAt
+	mu     sync.Mutex
+	done   []memoRead
+	failed bool // a read of ra failed
+}
+
+func (m *memoReader) readFailed() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.failed
 }
 
 type memoRead struct {
@@ -172,11 +181,14 @@ func (m *memoReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	m.mu.Unlock()
 	n, err := m.ra.ReadAt(p, off)
+	m.mu.Lock()
 	if n > 0 {
-		m.mu.Lock()
 		m.done = append(m.done, memoRead{off: off, data: bytes.Clone(p[:n])})
-		m.mu.Unlock()
 	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		m.failed = true
+	}
+	m.mu.Unlock()
 	return n, err
 }
 

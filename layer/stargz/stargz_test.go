@@ -385,3 +385,35 @@ func TestRejecterRereadsWhatFailed(t *testing.T) {
 		})
 	}
 }
+
+// failingReader fails every read that touches [failFrom, failTo), as a registry that went
+// away would, and records what it is told to reject.
+type failingReader struct {
+	rejectingReader
+	failFrom, failTo int64
+}
+
+func (f *failingReader) ReadAt(p []byte, off int64) (int, error) {
+	if off < f.failTo && off+int64(len(p)) > f.failFrom {
+		return 0, errors.New("connection reset by peer")
+	}
+	return f.rejectingReader.ReadAt(p, off)
+}
+
+// TestOpenRejectsOnlyBadBytes: a TOC that could not be read because a read failed is not
+// blamed on whoever sent the bytes that did arrive.
+func TestOpenRejectsOnlyBadBytes(t *testing.T) {
+	blob, toc := buildPlain(t, testFiles())
+	tocOffset, _, err := estargz.OpenFooter(io.NewSectionReader(bytes.NewReader(blob), 0, int64(len(blob))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The footer arrives; the TOC before it cannot be read.
+	fr := &failingReader{rejectingReader: rejectingReader{blob: blob, bad: -1}, failFrom: tocOffset, failTo: int64(len(blob)) - 64}
+	if _, err := Open(fr, int64(len(blob)), toc); err == nil {
+		t.Fatal("opened a layer whose TOC could not be read")
+	}
+	if len(fr.rejected) != 0 {
+		t.Errorf("rejected %v after a failed read; want nothing rejected", fr.rejected)
+	}
+}
