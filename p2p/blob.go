@@ -220,6 +220,7 @@ func (bt *blobTask) FillBlock(ctx context.Context, key layer.BlockKey, buf []byt
 		bt.mu.Unlock()
 		log.G(ctx).WithError(err).WithFields(log.Fields{"task": bt.task, "block": key.Index, "pause": blobParentPause}).Warn("no parent delivered a blob's block; reading the blob from the registry for a while")
 	}
+	bt.fetcher.FilledElsewhere(key.Index) // a parent that sent it before is not to blame now
 	return bt.origin.FillBlock(ctx, key, buf)
 }
 

@@ -391,6 +391,14 @@ func (f *Fetcher) report(i int, p *parentState, r Reason, err error) {
 	}
 }
 
+// FilledElsewhere tells the fetcher that block i was filled by someone else this time (the
+// registry), so that a Reject of it blames no parent.
+func (f *Fetcher) FilledElsewhere(i int) {
+	f.mu.Lock()
+	delete(f.sentBy, i)
+	f.mu.Unlock()
+}
+
 // Reject tells the fetcher that block i, which it filled for a reader that verifies (see
 // Task.ReaderVerifies), failed the reader's check: the parent that sent it is set aside for
 // the task, as one that sent a block with the wrong digest, and the reporter is told. It

@@ -856,4 +856,11 @@ func TestReaderVerifiesAndRejects(t *testing.T) {
 	if got := f.Reject(1, layer.ErrDigestMismatch); got != "" {
 		t.Errorf("second Reject of the same fill named %q; want none", got)
 	}
+	// A block a parent sent, then filled from elsewhere (the registry), blames no parent.
+	child.cache.Remove(layer.BlockKey{Task: tt.id, Index: 2})
+	read(2)
+	f.FilledElsewhere(2)
+	if got := f.Reject(2, layer.ErrDigestMismatch); got != "" {
+		t.Errorf("Reject of a block filled elsewhere named %q; want none", got)
+	}
 }
