@@ -203,12 +203,11 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) {
 func (s *Server) handle(ctx context.Context, c net.Conn, w *meteredWriter, req wire.Request, identity string) error {
 	if s.gate != nil {
 		if err := s.gate.Admit(ctx, identity, req.Task); err != nil {
-			status := wire.StatusForbidden
-			if errors.Is(err, ErrNotHeld) {
-				status = wire.StatusNotFound
+			if !errors.Is(err, ErrNotHeld) {
+				err = fmt.Errorf("%w: %w", ErrForbidden, err)
 			}
+			status, msg := errorStatus(err)
 			log.G(ctx).WithError(err).WithFields(log.Fields{"task": req.Task, "identity": identity, "status": status}).Debug("the gate turned a request away")
-			msg := []byte(err.Error())
 			c.SetWriteDeadline(time.Now().Add(ioTimeout))
 			return wire.WriteResponse(c, wire.ResponseHeader{Status: status, State: s.State(), Length: len(msg)}, msg)
 		}
@@ -303,6 +302,8 @@ func errorStatus(err error) (wire.Status, []byte) {
 		return wire.StatusBusy, []byte(err.Error())
 	case errors.Is(err, ErrNotHeld), errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return wire.StatusNotFound, []byte(err.Error())
+	case errors.Is(err, ErrForbidden):
+		return wire.StatusForbidden, []byte(err.Error())
 	}
 	return wire.StatusError, []byte(err.Error())
 }

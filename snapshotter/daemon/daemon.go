@@ -28,6 +28,21 @@ const (
 	fuseManagerLog    = "fuse-manager.log"
 )
 
+// scrapeTimeout bounds gathering the data plane's metrics from its FUSE manager.
+const scrapeTimeout = 10 * time.Second
+
+// cancelOnClose releases a context once its body is closed.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
+}
+
 // Daemon is a running node daemon. Close it when done.
 type Daemon struct {
 	// Snapshotter is what containerd is given: served on a socket, or returned to it.
@@ -74,7 +89,16 @@ func New(ctx context.Context, cfg snapshotter.Config, opts ...Option) (_ *Daemon
 		var dataPlane prometheus.Gatherer
 		if cfg.Lazy.Enable { // the data plane serves its metrics on its control socket
 			control := fusemanager.NewClient(filepath.Join(cfg.Root, FuseManagerSocket))
-			dataPlane = metrics.TextGatherer(func() (io.ReadCloser, error) { return control.Metrics(ctx) })
+			dataPlane = metrics.TextGatherer(func() (io.ReadCloser, error) {
+				// A wedged FUSE manager must not leave a scrape waiting for good.
+				sctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+				rc, err := control.Metrics(sctx)
+				if err != nil {
+					cancel()
+					return nil, err
+				}
+				return cancelOnClose{rc, cancel}, nil
+			})
 		}
 		stop, err := serveHTTP(ctx, "metrics", cfg.Metrics.Address, metricsMux(m.Handler(dataPlane)))
 		if err != nil {

@@ -254,13 +254,13 @@ func newSchedulerClient(ctx context.Context, cfg snapshotter.Config, server *pee
 	return scheduling.New(host, state, ring, opts...), nil
 }
 
-// nodeGate is the block service's gate: the node's (p2p.Node.Admit), once there is a node.
-// Until then it holds nothing, private or not.
+// nodeGate is the block service's gate: the node's (p2p.Node.Admit), once there is a node;
+// until then the node holds nothing, and peers are told so.
 type nodeGate struct{ node *atomic.Pointer[p2p.Node] }
 
 func (g nodeGate) Admit(ctx context.Context, identity string, task layer.TaskID) error {
 	if n := g.node.Load(); n != nil {
 		return n.Admit(ctx, identity, task)
 	}
-	return nil
+	return fmt.Errorf("task %s: this node is starting: %w", task, peer.ErrNotHeld)
 }
