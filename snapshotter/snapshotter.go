@@ -83,9 +83,16 @@ func WithLazyLayers(layers LayerMounter, resolver LayerResolver, timeout time.Du
 	}
 }
 
+// What happened to a layer containerd prepared, as WithLayerOutcomes reports it and package
+// snapshotter/metrics counts it.
+const (
+	OutcomeLazy     = "lazy"     // mounted lazily: containerd fetched nothing
+	OutcomeFallback = "fallback" // the lazy path failed: containerd unpacked it
+	OutcomeUnknown  = "unknown"  // the daemon did not know where it came from: containerd unpacked it
+)
+
 // WithLayerOutcomes calls observe for each layer containerd prepares with what happened to
-// it: "lazy" (mounted lazily), "fallback" (the lazy path failed) or "unknown" (no source
-// known), as package snapshotter/metrics counts them.
+// it (OutcomeLazy, OutcomeFallback or OutcomeUnknown).
 func WithLayerOutcomes(observe func(outcome string)) Option {
 	return func(s *Snapshotter) { s.outcome = observe }
 }
@@ -122,7 +129,7 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 	if target, ok := base.Labels[LabelTargetRef]; ok && s.layers != nil {
 		err := s.prepareLazy(ctx, key, parent, target, base.Labels, opts)
 		if err == nil {
-			s.observe("lazy")
+			s.observe(OutcomeLazy)
 			return nil, fmt.Errorf("target snapshot %q: %w", target, errdefs.ErrAlreadyExists)
 		}
 		if ctx.Err() != nil {
@@ -130,14 +137,14 @@ func (s *Snapshotter) Prepare(ctx context.Context, key, parent string, opts ...s
 		}
 		entry := log.G(ctx).WithFields(log.Fields{"key": key, "target": target})
 		if errdefs.IsNotFound(err) {
-			s.observe("unknown")
+			s.observe(OutcomeUnknown)
 			if s.toldUnknown.CompareAndSwap(false, true) {
 				entry.WithError(err).WithField("help", unknownSourceHelp).Warn("layer source unknown; unpacking normally")
 			} else {
 				entry.WithError(err).Debug("layer source unknown; unpacking normally")
 			}
 		} else {
-			s.observe("fallback")
+			s.observe(OutcomeFallback)
 			entry.WithError(err).Warn("lazy mount failed; unpacking normally")
 		}
 	}

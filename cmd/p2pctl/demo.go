@@ -248,8 +248,8 @@ func distribute(ctx context.Context, peers []*demoNode, srcs []seed.Source) (tim
 				if err := p.node.Warm(gctx, src); err != nil {
 					return fmt.Errorf("%s: layer %s: %w", p.name, src.DiffID, err)
 				}
-				if bar != nil {
-					bar.set(done.Add(1), int64(len(peers)*len(srcs)))
+				if bar != nil { // progress in blob bytes, the layers' sizes as pulled
+					bar.set(done.Add(src.Blob.Size), total*int64(len(peers)))
 				}
 				return nil
 			})

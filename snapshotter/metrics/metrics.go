@@ -17,6 +17,7 @@ import (
 
 	"github.com/p2pimage/p2p-snapshotter/blockcache"
 	"github.com/p2pimage/p2p-snapshotter/p2p"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/layerfs"
 )
 
@@ -31,9 +32,9 @@ func FetchBuckets() []float64 {
 
 // Outcomes of a layer containerd prepared, as the layers counter labels them.
 const (
-	LayerLazy     = "lazy"     // mounted lazily: containerd fetched nothing
-	LayerFallback = "fallback" // the lazy path failed: containerd unpacked it
-	LayerUnknown  = "unknown"  // the daemon did not know where it came from: containerd unpacked it
+	LayerLazy     = snapshotter.OutcomeLazy
+	LayerFallback = snapshotter.OutcomeFallback
+	LayerUnknown  = snapshotter.OutcomeUnknown
 )
 
 // Sources are the parts of the data plane whose own counts DataPlane reads at each scrape. A
