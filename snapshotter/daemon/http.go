@@ -13,13 +13,14 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/mirror"
 )
 
-// serveHTTP serves h on address until the returned stop is called.
+// serveHTTP serves h on address until the returned stop is called; requests carry ctx's
+// values (its logger) and are cancelled with it.
 func serveHTTP(ctx context.Context, what, address string, h http.Handler) (stop func(), err error) {
 	ln, err := net.Listen("tcp", address)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", what, err)
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
 	go srv.Serve(ln)
 	log.G(ctx).WithField("address", ln.Addr().String()).Infof("serving %s", what)
 	return func() { srv.Close() }, nil
@@ -44,12 +45,5 @@ func debugMux() *http.ServeMux {
 
 // serveMirror serves the registry mirror on address until the returned stop is called.
 func serveMirror(ctx context.Context, address string, m *mirror.Mirror) (stop func(), err error) {
-	ln, err := net.Listen("tcp", address)
-	if err != nil {
-		return nil, fmt.Errorf("registry mirror: %w", err)
-	}
-	srv := &http.Server{Handler: m, ReadHeaderTimeout: 30 * time.Second, BaseContext: func(net.Listener) context.Context { return ctx }}
-	go srv.Serve(ln)
-	log.G(ctx).WithField("address", address).Info("serving registry mirror")
-	return func() { srv.Close() }, nil
+	return serveHTTP(ctx, "registry mirror", address, m)
 }
