@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -92,7 +93,7 @@ func TestKubernetesManifests(t *testing.T) {
 		t.Error("want at least 2 schedulers")
 	}
 	sc := dep.Spec.Template.Spec.Containers[0]
-	if !hasArg(sc.Args, "--address=0.0.0.0:65003") || sc.ReadinessProbe == nil || sc.ReadinessProbe.GRPC == nil ||
+	if !slices.Contains(sc.Args, "--address=0.0.0.0:65003") || sc.ReadinessProbe == nil || sc.ReadinessProbe.GRPC == nil ||
 		sc.ReadinessProbe.GRPC.Service == nil || *sc.ReadinessProbe.GRPC.Service != schedulerv1.Scheduler_ServiceDesc.ServiceName {
 		t.Errorf("the scheduler container: args %v, readiness %+v; want it on :65003, ready by the gRPC health of %s", sc.Args, sc.ReadinessProbe, schedulerv1.Scheduler_ServiceDesc.ServiceName)
 	}
@@ -150,7 +151,7 @@ func TestKubernetesManifests(t *testing.T) {
 	if len(cfg.P2P.Schedulers) != 1 || cfg.P2P.Schedulers[0] != wantSched {
 		t.Errorf("p2p.schedulers = %v; want the headless Service's name, %s", cfg.P2P.Schedulers, wantSched)
 	}
-	if !hasArg(c.Args, "--advertise-address=$(HOST_IP):65002") || !strings.HasSuffix(cfg.P2P.Address, ":65002") {
+	if !slices.Contains(c.Args, "--advertise-address=$(HOST_IP):65002") || !strings.HasSuffix(cfg.P2P.Address, ":65002") {
 		t.Errorf("args %v, p2p.address %s: want the block service on :65002, advertised at the node's IP", c.Args, cfg.P2P.Address)
 	}
 	var ctr struct {
@@ -167,15 +168,6 @@ func TestKubernetesManifests(t *testing.T) {
 	if !strings.Contains(cm.Data["hosts.toml"], "http://"+cfg.Mirror.Address) {
 		t.Errorf("hosts.toml does not name the mirror at %s", cfg.Mirror.Address)
 	}
-}
-
-func hasArg(args []string, want string) bool {
-	for _, a := range args {
-		if a == want {
-			return true
-		}
-	}
-	return false
 }
 
 // unit reads a systemd unit file into section → key → values.

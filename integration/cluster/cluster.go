@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -339,49 +337,19 @@ func (c *Cluster) Close() error {
 	return errors.Join(errs...)
 }
 
-// Registry is an OCI registry served from this process, inside the registry host.
+// Registry is an OCI registry served from this process, inside the registry host. Its
+// counters (BytesOf, ResetCounters, BlobBytesServed) are the inner registry's: pushes go
+// over loopback and fetch no blob, so they count what the lab's hosts received.
 type Registry struct {
 	*containerdenv.Registry // pushes go to it over loopback
 	// Addr is the registry's host:port inside the lab, the registry part of image
 	// references that daemons use.
 	Addr string
-	// BlobBytes counts the blob bytes sent to the lab's hosts.
-	BlobBytes atomic.Int64
-	srv       *http.Server
-
-	mu     sync.Mutex
-	byBlob map[string]*atomic.Int64 // by the digest in the request path
+	srv  *http.Server
 }
 
 // BytesOf returns the bytes of blob dgst sent to the lab's hosts.
-func (r *Registry) BytesOf(dgst digest.Digest) int64 {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if n := r.byBlob[dgst.String()]; n != nil {
-		return n.Load()
-	}
-	return 0
-}
-
-// ResetCounters zeroes every counter.
-func (r *Registry) ResetCounters() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.BlobBytes.Store(0)
-	clear(r.byBlob)
-}
-
-func (r *Registry) blobCounter(path string) *atomic.Int64 {
-	d := path[strings.LastIndex(path, "/")+1:]
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := r.byBlob[d]
-	if n == nil {
-		n = new(atomic.Int64)
-		r.byBlob[d] = n
-	}
-	return n
-}
+func (r *Registry) BytesOf(dgst digest.Digest) int64 { return r.BlobBytesOf(dgst.String()) }
 
 func startRegistry(ctx context.Context, h *netlab.Host, private *Private) (*Registry, error) {
 	inner, err := containerdenv.StartRegistry(os.Stderr)
@@ -394,13 +362,8 @@ func startRegistry(ctx context.Context, h *netlab.Host, private *Private) (*Regi
 		inner.Close()
 		return nil, err
 	}
-	r := &Registry{Registry: inner, Addr: addr, byBlob: make(map[string]*atomic.Int64)}
-	var handler http.Handler = http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/") {
-			w = &countingWriter{ResponseWriter: w, n: &r.BlobBytes, blob: r.blobCounter(req.URL.Path)}
-		}
-		inner.Handler().ServeHTTP(w, req)
-	})
+	r := &Registry{Registry: inner, Addr: addr}
+	handler := inner.Handler()
 	if private != nil {
 		handler = private.Auth.Guard(handler, "http://"+addr+"/token", func(req *http.Request) bool {
 			return strings.HasPrefix(req.URL.Path, "/v2/"+private.Prefix)
@@ -414,16 +377,4 @@ func startRegistry(ctx context.Context, h *netlab.Host, private *Private) (*Regi
 // Close stops both listeners.
 func (r *Registry) Close() error {
 	return errors.Join(r.srv.Close(), r.Registry.Close())
-}
-
-type countingWriter struct {
-	http.ResponseWriter
-	n, blob *atomic.Int64
-}
-
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.ResponseWriter.Write(p)
-	c.n.Add(int64(n))
-	c.blob.Add(int64(n))
-	return n, err
 }

@@ -49,17 +49,25 @@ func startClusterWithFiles(t *testing.T, o Options, size int) (*Cluster, seed.So
 	c := startEmptyCluster(t, o)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
+	src, files := pushLayer(ctx, t, c, "test/dist:v1", size, 7)
+	c.Registry.ResetCounters()
+	return c, src, files
+}
+
+// pushLayer pushes an image of one layer, a file data.bin of size random bytes drawn from
+// fill, to repoTag and returns the layer's source and files.
+func pushLayer(ctx context.Context, t *testing.T, c *Cluster, repoTag string, size int, fill byte) (seed.Source, []layertest.File) {
+	t.Helper()
 	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{7}).Read(data)
+	rand.NewChaCha8([32]byte{fill}).Read(data)
 	files := []layertest.File{{Header: tar.Header{Typeflag: tar.TypeReg, Name: "data.bin", Mode: 0o644, Format: tar.FormatPAX}, Data: data}}
-	img, err := c.Registry.PushStored(ctx, "test/dist:v1", files)
+	img, err := c.Registry.PushStored(ctx, repoTag, files)
 	if err != nil {
 		t.Fatal(err)
 	}
 	l := img.Layers[0]
-	c.Registry.ResetCounters()
-	return c, seed.Source{
-		Host: c.Registry.Addr, Repository: "test/dist",
+	return seed.Source{
+		Host: c.Registry.Addr, Repository: repoTag[:strings.LastIndexByte(repoTag, ':')],
 		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
 		DiffID: digest.Digest(l.DiffID),
 	}, files

@@ -1,16 +1,12 @@
 package cluster
 
 import (
-	"archive/tar"
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -19,9 +15,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/integration/containerdenv"
 	"github.com/p2pimage/p2p-snapshotter/integration/netlab"
 	"github.com/p2pimage/p2p-snapshotter/layer"
-	"github.com/p2pimage/p2p-snapshotter/layer/layertest"
 	"github.com/p2pimage/p2p-snapshotter/p2p/peer"
-	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles"
 	"github.com/p2pimage/p2p-snapshotter/p2p/tlsfiles/tlstest"
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
@@ -66,8 +60,8 @@ func TestPrivateLayersOnlyToPeersWithAccess(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	private := pushLayer(ctx, t, c, "team/private:v1", 16<<20)
-	public := pushLayer(ctx, t, c, "test/public:v1", 16<<20)
+	private, _ := pushLayer(ctx, t, c, "team/private:v1", 16<<20, 8)
+	public, _ := pushLayer(ctx, t, c, "test/public:v1", 16<<20, 9)
 	c.Registry.ResetCounters()
 
 	insiders := c.Peers[:3]
@@ -161,33 +155,4 @@ func TestPrivateLayersOnlyToPeersWithAccess(t *testing.T) {
 	if got := c.Registry.BytesOf(public.Blob.Digest); got != public.Blob.Size {
 		t.Errorf("registry sent %d bytes of the public blob; want one copy (%d)", got, public.Blob.Size)
 	}
-}
-
-// pushLayer pushes an image of one layer of size random bytes to repoTag and returns the
-// layer's source.
-func pushLayer(ctx context.Context, t *testing.T, c *Cluster, repoTag string, size int) seed.Source {
-	t.Helper()
-	data := make([]byte, size)
-	rand.NewChaCha8([32]byte{byte(len(repoTag)), 9}).Read(data)
-	files := []layertest.File{{Header: tar.Header{Typeflag: tar.TypeReg, Name: "data.bin", Mode: 0o644, Format: tar.FormatPAX}, Data: data}}
-	img, err := c.Registry.PushStored(ctx, repoTag, files)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l := img.Layers[0]
-	repo, _, _ := cutTag(repoTag)
-	return seed.Source{
-		Host: c.Registry.Addr, Repository: repo,
-		Blob:   ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.Digest(l.Digest), Size: l.Size},
-		DiffID: digest.Digest(l.DiffID),
-	}
-}
-
-func cutTag(repoTag string) (repo, tag string, ok bool) {
-	for i := len(repoTag) - 1; i >= 0; i-- {
-		if repoTag[i] == ':' {
-			return repoTag[:i], repoTag[i+1:], true
-		}
-	}
-	return repoTag, "", false
 }

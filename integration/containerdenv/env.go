@@ -203,12 +203,9 @@ func New(t testing.TB, opts Options) *Env {
 	containerd := e.Tools.Containerd
 	switch {
 	case opts.Builtin:
-		containerd = filepath.Join(dir, "containerd-p2p")
-		start := time.Now()
-		if err := BuildContainerdP2P(ctx, containerd); err != nil {
+		if containerd, err = sharedBinary(ctx, t, base, dir, "containerd-p2p", BuildContainerdP2P); err != nil {
 			t.Fatalf("containerdenv: %v", err)
 		}
-		t.Logf("containerdenv: built containerd-p2p in %s", time.Since(start).Round(time.Millisecond))
 	case e.SnapshotterBinary == "":
 		if e.SnapshotterBinary, err = snapshotterBinary(ctx, t, base, dir); err != nil {
 			t.Fatalf("containerdenv: %v", err)
@@ -430,8 +427,8 @@ func (e *Env) SetHostsTOML(host, body string) error {
 var shared struct {
 	sync.Mutex
 	enabled bool
-	dir     string // under a base directory, with an owner file: swept if the run dies
-	bin     string
+	dir     string            // under a base directory, with an owner file: swept if the run dies
+	bins    map[string]string // by name, the binaries built there
 }
 
 // RunTests runs a test package's tests (call it from TestMain) so that the daemon is built
@@ -448,7 +445,7 @@ func RunTests(m *testing.M) int {
 	defer shared.Unlock()
 	if shared.dir != "" {
 		os.RemoveAll(shared.dir)
-		shared.dir, shared.bin = "", ""
+		shared.dir, shared.bins = "", nil
 	}
 	return code
 }
@@ -457,33 +454,44 @@ func RunTests(m *testing.M) int {
 // shared directory under base when RunTests runs the tests.
 func snapshotterBinary(ctx context.Context, t testing.TB, base, envDir string) (string, error) {
 	t.Helper()
+	return sharedBinary(ctx, t, base, envDir, "p2p-snapshotter", BuildSnapshotter)
+}
+
+// sharedBinary builds the binary name with build: into envDir, or once for the test binary
+// into a shared directory under base when RunTests runs the tests.
+func sharedBinary(ctx context.Context, t testing.TB, base, envDir, name string, build func(ctx context.Context, out string) error) (string, error) {
+	t.Helper()
 	shared.Lock()
 	defer shared.Unlock()
-	if shared.enabled && shared.bin != "" {
-		return shared.bin, nil
+	if bin := shared.bins[name]; shared.enabled && bin != "" {
+		return bin, nil
 	}
 	dir := envDir
 	if shared.enabled {
-		var err error
-		if dir, err = os.MkdirTemp(base, "bin-"); err != nil {
-			return "", err
+		if shared.dir == "" {
+			d, err := os.MkdirTemp(base, "bin-")
+			if err != nil {
+				return "", err
+			}
+			if err := writeOwner(d); err != nil {
+				os.RemoveAll(d)
+				return "", err
+			}
+			shared.dir = d
 		}
-		if err := writeOwner(dir); err != nil {
-			os.RemoveAll(dir)
-			return "", err
-		}
+		dir = shared.dir
 	}
-	bin := filepath.Join(dir, "p2p-snapshotter")
+	bin := filepath.Join(dir, name)
 	start := time.Now()
-	if err := BuildSnapshotter(ctx, bin); err != nil {
-		if shared.enabled {
-			os.RemoveAll(dir)
-		}
+	if err := build(ctx, bin); err != nil {
 		return "", err
 	}
-	t.Logf("containerdenv: built p2p-snapshotter in %s", time.Since(start).Round(time.Millisecond))
+	t.Logf("containerdenv: built %s in %s", name, time.Since(start).Round(time.Millisecond))
 	if shared.enabled {
-		shared.dir, shared.bin = dir, bin
+		if shared.bins == nil {
+			shared.bins = map[string]string{}
+		}
+		shared.bins[name] = bin
 	}
 	return bin, nil
 }

@@ -80,6 +80,12 @@ func (c *corruptingWriter) Write(p []byte) (int, error) {
 // blobs and ranges alike.
 func (r *Registry) BlobBytesServed() int64 { return r.blobBytes.Load() }
 
+// ResetCounters zeroes the counts of blob bytes served.
+func (r *Registry) ResetCounters() {
+	r.blobBytes.Store(0)
+	r.byBlob.Clear()
+}
+
 // BlobBytesOf returns the bytes of blob dgst ("sha256:…") the registry has sent so far.
 func (r *Registry) BlobBytesOf(dgst string) int64 {
 	if n, ok := r.byBlob.Load(dgst); ok {

@@ -187,7 +187,7 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 	if err != nil {
 		return r, err
 	}
-	c.Registry.BlobBytes.Store(0)
+	c.Registry.ResetCounters()
 
 	// The distribution: every peer at once.
 	warmCtx, cancelWarm := context.WithTimeout(ctx, cfg.timeout)
@@ -237,7 +237,7 @@ func runOne(ctx context.Context, cfg config, n int, mode string, rep int, data [
 	}
 	r.Seconds = elapsed.Seconds()
 	r.Ratio = r.Seconds / r.Bound
-	r.RegistryBytes = c.Registry.BlobBytes.Load()
+	r.RegistryBytes = c.Registry.BlobBytesServed()
 	r.RegistryRatio = float64(r.RegistryBytes) / float64(r.BlobBytes)
 	for i, err := range errs {
 		if err != nil {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
 	"testing"
 
@@ -19,12 +18,7 @@ import (
 // [plugins."io.containerd.snapshotter.v1.p2p"], its mirror in front of the registry. Every
 // layer is mounted lazily, by containerd's process, and the container reads every file right.
 func TestBuiltinPlugin(t *testing.T) {
-	containerdenv.RequireRoot(t)
-	reg, err := containerdenv.StartRegistry(io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
+	reg := startRegistry(t)
 	mirror := freeAddress(t)
 	env := containerdenv.New(t, containerdenv.Options{
 		Builtin: true,
@@ -59,12 +53,7 @@ func TestBuiltinPlugin(t *testing.T) {
 // TestBuiltinPluginMisconfigured: a plugin table with a bad value leaves containerd running
 // with its other snapshotters; only the p2p snapshotter is missing, and says so.
 func TestBuiltinPluginMisconfigured(t *testing.T) {
-	containerdenv.RequireRoot(t)
-	reg, err := containerdenv.StartRegistry(io.Discard)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
+	reg := startRegistry(t)
 	env := containerdenv.New(t, containerdenv.Options{
 		Builtin: true,
 		ContainerdConfig: `  [plugins."io.containerd.snapshotter.v1.p2p".mirror]

@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -72,11 +71,7 @@ func TestCRIPodFromLabels(t *testing.T) {
 		transfer bool
 	}{{"CRI pull", false}, {"transfer service", true}} {
 		t.Run(mode.name, func(t *testing.T) {
-			reg, err := containerdenv.StartRegistry(io.Discard)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { reg.Close() })
+			reg := startRegistry(t)
 			layers, err := containerdenv.TestImageLayers()
 			if err != nil {
 				t.Fatal(err)
