@@ -37,7 +37,8 @@ func ObtainCertificate(ctx context.Context, addr, token, host string, files tlsf
 // RenewCertificates keeps the certificate in files fresh while ctx lasts: when a third of
 // its life is left, it asks the scheduler at addr for a new one over mutual TLS with id (the
 // identity those files make, which picks the new ones up at its next handshake), and writes
-// it. A failed renewal is tried again, sooner and sooner, until the certificate expires.
+// it. A failed renewal is tried again, sooner and sooner, until the certificate expires,
+// then once a minute.
 func RenewCertificates(ctx context.Context, addr, host string, id *tlsfiles.Identity, files tlsfiles.Files) {
 	for {
 		notBefore, notAfter, err := certificateLife(files.Cert)
@@ -51,11 +52,20 @@ func RenewCertificates(ctx context.Context, addr, host string, id *tlsfiles.Iden
 		case <-time.After(max(wait, 0)):
 		}
 		if _, err := requestCertificate(ctx, addr, id.ClientConfig(), "", host, files); err != nil {
-			log.G(ctx).WithError(err).WithField("scheduler", addr).Warn("cannot renew this node's certificate; trying again")
+			retry := max(time.Until(notAfter)/10, time.Second)
+			entry := log.G(ctx).WithError(err).WithField("scheduler", addr)
+			if !time.Now().Before(notAfter) {
+				// Renewal needs the certificate it renews: only new files (or a restart,
+				// which presents the bootstrap token again) help now.
+				retry = time.Minute
+				entry.Error("this node's certificate expired before it could be renewed; restart the daemon to get a new one with its bootstrap token")
+			} else {
+				entry.Warn("cannot renew this node's certificate; trying again")
+			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-time.After(max(time.Until(notAfter)/10, time.Second)):
+			case <-time.After(retry):
 			}
 		}
 	}
