@@ -20,6 +20,7 @@ import (
 	"github.com/p2pimage/p2p-snapshotter/p2p/seed"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
+	"github.com/p2pimage/p2p-snapshotter/snapshotter/daemon"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
 )
 
@@ -161,9 +162,9 @@ type getResult struct {
 // stream has the daemon at root write each of srcs to out, one after the other, with a
 // progress bar on stderr when it is a terminal.
 func stream(ctx context.Context, out io.Writer, root string, srcs []seed.Source) ([]getResult, error) {
-	daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
-	if err := daemon.Ping(ctx); err != nil {
-		return nil, fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
+	control, err := dataPlane(ctx, root)
+	if err != nil {
+		return nil, err
 	}
 	var results []getResult
 	for i, src := range srcs {
@@ -179,7 +180,7 @@ func stream(ctx context.Context, out io.Writer, root string, srcs []seed.Source)
 			w = bar.writer(out)
 		}
 		start := time.Now()
-		n, err := daemon.Stream(ctx, w, src)
+		n, err := control.Stream(ctx, w, src)
 		if bar != nil {
 			bar.done()
 		}
@@ -190,4 +191,14 @@ func stream(ctx context.Context, out io.Writer, root string, srcs []seed.Source)
 		results = append(results, r)
 	}
 	return results, nil
+}
+
+// dataPlane returns a client of the data plane of the daemon whose root is root, once it
+// answers.
+func dataPlane(ctx context.Context, root string) (*fusemanager.Client, error) {
+	c := fusemanager.NewClient(filepath.Join(root, daemon.FuseManagerSocket))
+	if err := c.Ping(ctx); err != nil {
+		return nil, fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
+	}
+	return c, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/platforms"
@@ -24,7 +23,6 @@ import (
 	schedulerv1 "github.com/p2pimage/p2p-snapshotter/proto/scheduler/v1"
 	"github.com/p2pimage/p2p-snapshotter/registry"
 	"github.com/p2pimage/p2p-snapshotter/snapshotter"
-	"github.com/p2pimage/p2p-snapshotter/snapshotter/fusemanager"
 )
 
 // prefetchResult is one layer's outcome, as --json prints it.
@@ -91,9 +89,9 @@ back; the command waits for the reports and shows, per layer, how many hosts are
 			if sched != "" {
 				return prefetchFleet(ctx, cmd.OutOrStdout(), sched, tlsFiles, img, sel, hosts, asJSON)
 			}
-			daemon := fusemanager.NewClient(filepath.Join(root, "fuse-manager.sock"))
-			if err := daemon.Ping(ctx); err != nil {
-				return fmt.Errorf("the daemon's data plane does not answer (is p2p-snapshotter running with --root %s?): %w", root, err)
+			control, err := dataPlane(ctx, root)
+			if err != nil {
+				return err
 			}
 			out := cmd.OutOrStdout()
 			var results []prefetchResult
@@ -106,7 +104,7 @@ back; the command waits for the reports and shows, per layer, how many hosts are
 				}
 				var warmed int64
 				start := time.Now()
-				err := daemon.PrefetchBlocks(ctx, src, sel, func(done, total int64) {
+				err := control.PrefetchBlocks(ctx, src, sel, func(done, total int64) {
 					warmed = done
 					if bar != nil {
 						bar.set(done, total)

@@ -92,6 +92,10 @@ type DataPlane struct {
 	reg   *prometheus.Registry
 	fetch *prometheus.HistogramVec
 	fuse  *prometheus.HistogramVec
+	// The histograms of the known labels, looked up once: they are observed on every FUSE
+	// operation and every block fetched.
+	byOp     map[string]prometheus.Observer
+	bySource map[string]prometheus.Observer
 }
 
 // FUSEBuckets returns the upper bounds, in seconds, of the FUSE operation latency histogram:
@@ -115,11 +119,12 @@ func NewDataPlane(src Sources) *DataPlane {
 		Help:    "Time a lazily mounted layer took to answer a FUSE lookup, read or directory listing; a read includes fetching its blocks.",
 		Buckets: FUSEBuckets(),
 	}, []string{"op"})
+	d.bySource, d.byOp = map[string]prometheus.Observer{}, map[string]prometheus.Observer{}
 	for _, s := range []string{p2p.SourcePeer, p2p.SourceSeed, p2p.SourceRegistry} {
-		d.fetch.WithLabelValues(s)
+		d.bySource[s] = d.fetch.WithLabelValues(s)
 	}
 	for _, op := range []string{layerfs.OpLookup, layerfs.OpRead, layerfs.OpReaddir} {
-		d.fuse.WithLabelValues(op)
+		d.byOp[op] = d.fuse.WithLabelValues(op)
 	}
 	d.reg.MustRegister(d.fetch, d.fuse, &collector{src: src})
 	return d
@@ -127,12 +132,20 @@ func NewDataPlane(src Sources) *DataPlane {
 
 // ObserveFUSE records a FUSE operation that took took (fusemanager.WithOpObserver).
 func (d *DataPlane) ObserveFUSE(op string, took time.Duration) {
-	d.fuse.WithLabelValues(op).Observe(took.Seconds())
+	o, ok := d.byOp[op]
+	if !ok {
+		o = d.fuse.WithLabelValues(op)
+	}
+	o.Observe(took.Seconds())
 }
 
 // ObserveFetch records a block fetched from source in took (p2p.WithFetchObserver).
 func (d *DataPlane) ObserveFetch(source string, took time.Duration) {
-	d.fetch.WithLabelValues(source).Observe(took.Seconds())
+	o, ok := d.bySource[source]
+	if !ok {
+		o = d.fetch.WithLabelValues(source)
+	}
+	o.Observe(took.Seconds())
 }
 
 // Handler serves the data plane's metrics in the Prometheus text format.
