@@ -159,12 +159,13 @@ func hostID(cfg snapshotter.Config) string {
 	return hostname + "-" + advertise
 }
 
-// tlsIdentity returns the node's mutual-TLS identity from cfg, or nil without one. With a
+// tlsIdentity returns the node's mutual-TLS identity from cfg, or nil without one (or without
+// p2p.address, when the node speaks to no peer or scheduler). With a
 // bootstrap token it gets its certificate from the first scheduler, into root/tls/, unless a
 // valid one is there, and keeps it renewed until stop is called.
 func tlsIdentity(ctx context.Context, cfg snapshotter.Config) (_ *tlsfiles.Identity, stop func(), _ error) {
 	t := cfg.P2P.TLS
-	if t.CA == "" {
+	if t.CA == "" || cfg.P2P.Address == "" { // no TLS, or no P2P to speak it on
 		return nil, func() {}, nil
 	}
 	files := tlsfiles.Files{CA: t.CA, Cert: t.Cert, Key: t.Key}
